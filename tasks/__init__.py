@@ -1,0 +1,1 @@
+"""Task definitions: loading, prompt templates, verbalizers, metrics (one module per task)."""
