@@ -1,0 +1,30 @@
+"""DROP: discrete reasoning over paragraphs, answered generatively (hub: drop)
+
+Generation, as in the MeZO paper (OPT experiments); the gold strings are the answer spans
+(`answers_spans["spans"]`). Gold continuation, stop rule and metric as for SQuAD (SQuAD-style
+F1, which is what the MeZO paper reports for DROP):
+
+    Passage: {passage}\\nQuestion: {question}\\nAnswer:{ answer}\\n
+"""
+
+from typing import Sequence
+
+from tasks.base import Example, Task
+from tasks.squad import STOP, gold_answers, generation_scores
+
+
+class DROP(Task):
+    name = "drop"
+    kind = "generation"
+    metric = "f1"
+    hub_path = ("drop",)
+    required_columns = ("passage", "question", "answers_spans")
+    label_column = None
+
+    def render(self, row: dict) -> Example:
+        answers = gold_answers(self, row, "answers_spans", "spans")
+        prompt = f"Passage: {row['passage']}\nQuestion: {row['question'].strip()}\nAnswer:"
+        return Example(prompt=prompt, candidates=(f" {answers[0]}{STOP}",), label=0, answers=answers)
+
+    def score(self, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
+        return generation_scores(predictions, examples)

@@ -1,0 +1,52 @@
+"""SQuAD v1.1: extractive question answering, solved generatively (hub: squad)
+
+Generation, as in the MeZO paper (OPT experiments). The model continues the prompt; the
+gold continuation for the teacher-forced `lm` objective is the first answer and a newline,
+and a generated answer ends at its first newline. Metric: SQuAD F1 (and exact match) against
+every gold answer:
+
+    Title: {title}\\nContext: {context}\\nQuestion: {question}\\nAnswer:{ answer}\\n
+"""
+
+from typing import Sequence
+
+from tasks.base import Example, Task
+from zoexp.errors import ConfigError
+from zoexp.metrics import qa_scores
+
+STOP = "\n"
+
+
+def gold_answers(task: Task, row: dict, column: str, key: str) -> tuple[str, ...]:
+    """The distinct non-empty answer strings of row[column][key], or a ConfigError naming the column."""
+    value = row[column]
+    texts = value.get(key) if isinstance(value, dict) else None
+    answers = tuple(dict.fromkeys(t.strip() for t in texts or () if t and t.strip()))
+    if not answers:
+        raise ConfigError(f"task ({task.name} column '{column}')",
+                          f"got {value!r}; allowed: a mapping whose {key!r} lists at least one answer")
+    return answers
+
+
+def generation_scores(predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
+    """F1 / exact match of generated strings, each cut at the first newline."""
+    if any(not isinstance(p, str) for p in predictions):
+        raise TypeError("a generation task scores generated strings, not candidate indices")
+    return qa_scores([p.split(STOP, 1)[0].strip() for p in predictions], [ex.answers for ex in examples])
+
+
+class SQuAD(Task):
+    name = "squad"
+    kind = "generation"
+    metric = "f1"
+    hub_path = ("squad",)
+    required_columns = ("title", "context", "question", "answers")
+    label_column = None
+
+    def render(self, row: dict) -> Example:
+        answers = gold_answers(self, row, "answers", "text")
+        prompt = f"Title: {row['title']}\nContext: {row['context']}\nQuestion: {row['question'].strip()}\nAnswer:"
+        return Example(prompt=prompt, candidates=(f" {answers[0]}{STOP}",), label=0, answers=answers)
+
+    def score(self, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
+        return generation_scores(predictions, examples)
