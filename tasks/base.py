@@ -1,10 +1,10 @@
 """The Task interface: where examples come from, how they become prompts, how they are scored.
 
-A task knows nothing about models. It loads raw rows (from the Hugging Face hub through
-`datasets`, or from local files when `data_dir` is set so offline cluster nodes work), samples
-them with MeZO's protocol (num_train / num_dev from the train split, num_eval from the split
-that has labels), and renders each row into an `Example`: a prompt plus the candidate
-continuations the model scores. Objectives and the loop consume `Example`s only.
+A task knows nothing about models. It loads raw rows from local files when `data_dir` is set
+or `<data_root>/<task name>` exists (offline cluster nodes), else from the Hugging Face hub
+through `datasets`. It samples them with MeZO's protocol (num_train / num_dev from the train
+split, num_eval from the split that has labels) and renders each row into an `Example`: a
+prompt plus the candidate continuations the model scores. Objectives and the loop consume `Example`s only.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Task:
     def __init__(
         self,
         data_dir: str | None = None,
+        data_root: str | None = None,
         num_train: int = 1000,
         num_dev: int = 500,
         num_eval: int = 1000,
@@ -70,6 +71,8 @@ class Task:
                 raise ConfigError(f"task.{key}", f"got {value!r}; allowed: an integer {allowed}")
         if k_shot is not None and (not isinstance(k_shot, int) or k_shot < 1):
             raise ConfigError("task.k_shot", f"got {k_shot!r}; allowed: null or an integer >= 1")
+        if data_dir is None and data_root and (Path(data_root) / self.name).is_dir():
+            data_dir = str(Path(data_root) / self.name)  # a local copy wins over the hub
         if data_dir is not None and not Path(data_dir).is_dir():
             raise ConfigError("task.data_dir", f"no such directory {data_dir!r}; allowed: a folder "
                               f"holding {self.train_split}/{self.eval_split} files "

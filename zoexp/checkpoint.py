@@ -1,0 +1,46 @@
+"""Checkpoints for preemption: everything a run needs to continue as if never stopped.
+
+A checkpoint holds the trainable parameters, the best-on-dev copy, the solver state, the
+step, the loop's bookkeeping and how many metric records were written. Data order and ZO
+seeds are pure functions of (seed, step), so no RNG state is needed to continue exactly.
+The file is written to a temporary name and renamed, so a kill mid-write leaves the last
+good checkpoint in place. Every step's solver record also goes to `trajectory.jsonl`
+(the seed trajectory: a few numbers per step), from which `zoexp.replay` rebuilds weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, every: int = 0) -> None:
+        self.path = Path(run_dir) / "checkpoint.pt"
+        self.trajectory_path = Path(run_dir) / "trajectory.jsonl"
+        self.every = every
+
+    def due(self, step: int, last: int) -> bool:
+        return self.every > 0 and step % self.every == 0 and step < last
+
+    def save(self, state: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+    def record(self, step: int, record: dict) -> None:
+        with self.trajectory_path.open("a") as fh:
+            fh.write(json.dumps({"step": step, **record}) + "\n")
+
+    def truncate_trajectory(self, steps: int) -> None:
+        if self.trajectory_path.exists():
+            lines = self.trajectory_path.read_text().splitlines(keepends=True)
+            self.trajectory_path.write_text("".join(l for l in lines if json.loads(l)["step"] < steps))

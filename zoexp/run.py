@@ -1,0 +1,135 @@
+"""cfg -> objects -> loop -> metrics: the one place where a run is assembled.
+
+Order matters: every cheap check (config values, solver hyperparameters, dataset files and
+columns) runs before the model loads, so bad input costs seconds, not a 26 GB download. A
+ConfigError is printed as one line and the run directory Hydra just created is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from zoexp.errors import ConfigError
+
+log = logging.getLogger("zoexp")
+RESULT_FILES = ("metrics.jsonl", "summary.json", "checkpoint.pt", "trajectory.jsonl")
+
+
+def _instantiate(node: DictConfig, group: str, **kwargs):
+    """hydra.utils.instantiate, with argument errors turned into one-line ConfigErrors."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hydra wraps the constructor's exception
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(group, f"cannot build {node.get('_target_')}: {str(exc).splitlines()[-1]}") from None
+
+
+def build_peft(cfg: DictConfig):
+    if cfg.get("peft") is None or cfg.peft.get("_target_") is None:
+        return None
+    return _instantiate(cfg.peft, "peft")
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Everything that can be checked without the model: returns the built cheap objects."""
+    from zoexp.model import check_model_source, resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.hardware.device)
+    resolve_dtype(cfg.model.dtype)
+    check_model_source(cfg.model.name)
+    task = _instantiate(cfg.task, "task")
+    solver = _instantiate(cfg.solver, "solver")
+    peft_config = build_peft(cfg)
+    from zoexp.objectives import build_objective  # noqa: F401 - validated below by name
+
+    if cfg.objective not in ("classification", "lm", "accuracy"):
+        raise ConfigError("objective", f"got {cfg.objective!r}; allowed: ['accuracy', 'classification', 'lm']")
+    if solver.trains and solver.batch_size > task.num_train:
+        raise ConfigError("solver.batch_size", f"got {solver.batch_size}, larger than task.num_train="
+                          f"{task.num_train}; allowed: at most {task.num_train}")
+    data = task.sample()
+    log.info("data: %d train / %d dev / %d test examples", *(len(data[k]) for k in ("train", "dev", "test")))
+    return {"device": device, "task": task, "solver": solver, "peft": peft_config, "data": data}
+
+
+def _check_fresh_run_dir(run_dir: Path) -> None:
+    if (run_dir / "summary.json").exists():
+        raise ConfigError("hydra.run.dir", f"{run_dir} already holds a finished run; allowed: a new "
+                          f"directory (the default is per-date/time) — results are never overwritten")
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> dict:
+    from zoexp.checkpoint import Checkpointer
+    from zoexp.loop import Loop
+    from zoexp.model import load_model
+    from zoexp.objectives import CandidateScorer, build_objective
+    from zoexp.tracking import Tracker
+
+    _check_fresh_run_dir(run_dir)
+    parts = prepare(cfg)
+    torch.manual_seed(cfg.hardware.seed)
+    bundle = load_model(cfg.model.name, cfg.model.dtype, parts["device"], parts["peft"],
+                        revision=cfg.model.get("revision"))
+    log.info("model %s: %.1fM trainable parameters on %s (%s)", cfg.model.name,
+             bundle.num_trainable() / 1e6, bundle.device, cfg.model.dtype)
+    scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length)
+    objective = build_objective(cfg.objective, scorer)
+    solver = parts["solver"]
+    solver.setup(bundle.params, objective)
+    tracker = Tracker(run_dir, wandb_logger=_build_wandb(cfg, run_dir))
+    try:
+        loop = Loop(solver, objective, parts["task"], parts["data"], tracker,
+                    Checkpointer(run_dir, every=cfg.checkpoint_every), bundle.device, seed=cfg.hardware.seed,
+                    eval_batch_size=cfg.eval_batch_size, group_by_length=cfg.group_by_length,
+                    keep_best=cfg.keep_best)
+        summary = loop.run()
+    finally:
+        tracker.finish()
+    metric = summary["metric"]
+    print(f"dev {metric}: {summary[f'best_dev_{metric}']:.4f} (best, step {summary['best_step']})   "
+          f"test {metric}: {summary.get(f'test_{metric}', float('nan')):.4f}   "
+          f"fwd passes: {summary['fwd_passes']}   run dir: {run_dir}")
+    return summary
+
+
+def _build_wandb(cfg: DictConfig, run_dir: Path):
+    if cfg.logger.get("_target_") is None:
+        return None
+    return hydra.utils.instantiate(cfg.logger, cfg=cfg, run_dir=str(run_dir))
+
+
+def _remove_if_empty_run(run_dir: Path) -> None:
+    """Remove what Hydra wrote for a run that failed validation (no results in it)."""
+    if run_dir.is_dir() and not any((run_dir / f).exists() for f in RESULT_FILES):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Entry point called by main.py's @hydra.main."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return execute(cfg, run_dir)
+    except ConfigError as err:
+        logging.shutdown()
+        _remove_if_empty_run(run_dir)
+        print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            raise  # let the sweeper record this job as failed; others still run
+        sys.exit(2)
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The fully resolved config as plain containers (for W&B and summaries)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,90 @@
+"""The Solver interface and the pieces every solver shares (budget, lr schedule, seeds).
+
+A solver is built from its YAML *before* the model loads, so its constructor validates the
+hyperparameters (bad input fails fast); `setup` then hands it the trainable parameters and
+the objective. `step` runs one optimisation step on a batch and returns a `StepResult`,
+whose `record` is what `replay` needs to redo the update without the data (the seed
+trajectory of a ZO run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from zoexp.errors import ConfigError
+
+LR_SCHEDULES = ("constant", "linear")
+
+
+@dataclass
+class StepResult:
+    loss: float                                 # training loss on the batch (unperturbed estimate)
+    metrics: dict = field(default_factory=dict)  # extra scalars to log (projected gradient, ...)
+    record: dict = field(default_factory=dict)   # JSON-able: enough for `replay` to redo the update
+
+
+def check(field_name: str, ok: bool, got, allowed: str) -> None:
+    """Raise the one-line ConfigError when a hyperparameter is out of range."""
+    if not ok:
+        raise ConfigError(field_name, f"got {got!r}; allowed: {allowed}")
+
+
+def derive_seed(base: int, *keys: int) -> int:
+    """A 31-bit seed that is a pure function of (base seed, step, direction...): resumable, replayable."""
+    digest = hashlib.blake2b(":".join(map(str, (base, *keys))).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Solver:
+    """Base class. `trains = False` for evaluation-only solvers (zero-shot, ICL)."""
+
+    trains = True
+
+    def __init__(self, steps: int = 0, batch_size: int = 16, eval_every: int = 0,
+                 lr: float = 0.0, lr_schedule: str = "constant", weight_decay: float = 0.0,
+                 seed: int = 0) -> None:
+        check("solver.steps", isinstance(steps, int) and steps >= (1 if self.trains else 0), steps,
+              "an integer >= 1" if self.trains else "an integer >= 0")
+        check("solver.batch_size", isinstance(batch_size, int) and batch_size >= 1, batch_size, "an integer >= 1")
+        check("solver.eval_every", isinstance(eval_every, int) and eval_every >= 0, eval_every,
+              "an integer >= 0 (0: evaluate at the end only)")
+        check("solver.lr", isinstance(lr, (int, float)) and lr >= 0, lr, "a number >= 0")
+        check("solver.lr_schedule", lr_schedule in LR_SCHEDULES, lr_schedule, str(list(LR_SCHEDULES)))
+        check("solver.weight_decay", isinstance(weight_decay, (int, float)) and weight_decay >= 0,
+              weight_decay, "a number >= 0")
+        self.steps, self.batch_size, self.eval_every = steps, batch_size, eval_every
+        self.lr, self.lr_schedule, self.weight_decay = float(lr), lr_schedule, float(weight_decay)
+        self.seed = seed
+        self.params: list = []
+        self.objective = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def setup(self, params: Sequence, objective) -> None:
+        """Receive the trainable parameters and the objective (after the model loads)."""
+        self.params = list(params)
+        self.objective = objective
+
+    def step(self, batch, step: int) -> StepResult:
+        raise NotImplementedError
+
+    def replay(self, record: dict) -> None:
+        """Redo the update of a recorded step on the current parameters (no data needed)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support replay")
+
+    def state_dict(self) -> dict:
+        """Solver state beyond the parameters (moments, counters) for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    # ---- shared helpers ------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "linear":
+            return self.lr * max(0.0, 1.0 - step / max(self.steps, 1))
+        return self.lr
+
+    def direction_seed(self, step: int, k: int = 0) -> int:
+        return derive_seed(self.seed, step, k)
