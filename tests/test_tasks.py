@@ -112,7 +112,7 @@ def test_record_counts_any_gold_entity_as_correct():
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_yaml_builds_the_task_and_loader_samples_requested_sizes(name):
     node = OmegaConf.load(ROOT / "conf" / "task" / f"{name}.yaml")
-    cfg = OmegaConf.create({"hardware": {"seed": 3}, "task": node})
+    cfg = OmegaConf.create({"hardware": {"seed": 3}, "data_root": None, "task": node})
     cfg.task.data_dir, cfg.task.num_train, cfg.task.num_dev, cfg.task.num_eval = str(FIXTURES / name), 12, 6, 1000
     task = instantiate(cfg.task)
     assert isinstance(task, TASKS[name]) and task.seed == 3
@@ -123,6 +123,12 @@ def test_yaml_builds_the_task_and_loader_samples_requested_sizes(name):
         assert 0 <= ex.label < len(ex.candidates)
         assert ex.answers if task.kind == "generation" else not ex.answers
     assert task.sample() == data  # seeded: the same examples every time
+
+
+def test_data_root_finds_the_task_folder():
+    task = CB(data_root=str(FIXTURES), num_train=5, num_dev=5, num_eval=3)
+    assert task.data_dir == str(FIXTURES / "cb")
+    assert [len(v) for v in task.sample().values()] == [5, 5, 3]
 
 
 def test_k_shot_draws_k_per_class_for_train_and_dev():
