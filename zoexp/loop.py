@@ -57,7 +57,7 @@ class Loop:
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
-        examples = self.data[split]
+        examples = self.solver.eval_examples(self.data[split])
         if not examples:
             return {}
         preds = []

@@ -69,7 +69,6 @@ class CandidateScorer:
         keep = self.max_length - len(cont)
         return (prompt[-keep:] if keep > 0 else prompt[-1:]) + cont  # cut the prompt's start
 
-    @torch.no_grad()
     def _logits(self, enc: Encoded, keep: int) -> torch.Tensor:
         """Logits of the last `keep` positions (float32)."""
         self.forward_passes += 1
@@ -88,8 +87,7 @@ class CandidateScorer:
         ids = [self._ids(c, prefix=False) for c in cands]
         return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
 
-    # ---- scoring -------------------------------------------------------------------------
-    @torch.no_grad()
+    # ---- scoring (differentiable when grad is enabled: the first-order baselines use it) ---
     def score(self, examples: Sequence[Example]) -> torch.Tensor:
         """[n_examples, n_candidates] log-likelihood of each candidate (padded with -inf)."""
         words = self.single_token_words(examples)
@@ -120,7 +118,6 @@ class CandidateScorer:
             out[e, c] = token_logp.mean()
         return out
 
-    @torch.no_grad()
     def gold_logprob(self, examples: Sequence[Example]) -> torch.Tensor:
         """Mean log-prob of the gold continuation only (the teacher-forced LM objective)."""
         for ex in examples:
@@ -134,16 +131,24 @@ class CandidateScorer:
 
 
 class Objective:
-    """Base: `loss(examples)` -> float; `predict(examples)` -> predicted candidate indices."""
+    """Base: `loss(examples)` -> float without autograd (what ZO solvers call);
+    `loss_tensor(examples)` -> differentiable tensor (first-order baselines);
+    `predict(examples)` -> predicted candidate indices (evaluation)."""
 
     name = "base"
+    differentiable = True
 
     def __init__(self, scorer: CandidateScorer) -> None:
         self.scorer = scorer
 
-    def loss(self, examples: Sequence[Example]) -> float:
+    def loss_tensor(self, examples: Sequence[Example]) -> torch.Tensor:
         raise NotImplementedError
 
+    def loss(self, examples: Sequence[Example]) -> float:
+        with torch.no_grad():
+            return self.loss_tensor(examples).item()
+
+    @torch.no_grad()
     def predict(self, examples: Sequence[Example]) -> list[int]:
         return self.scorer.score(examples).argmax(-1).tolist()
 
@@ -153,10 +158,10 @@ class ClassificationLoss(Objective):
 
     name = "classification"
 
-    def loss(self, examples):
+    def loss_tensor(self, examples):
         scores = self.scorer.score(examples)
         labels = torch.tensor([ex.label for ex in examples], device=scores.device)
-        return F.cross_entropy(scores, labels).item()
+        return F.cross_entropy(scores, labels)
 
 
 class LMLoss(Objective):
@@ -164,18 +169,19 @@ class LMLoss(Objective):
 
     name = "lm"
 
-    def loss(self, examples):
-        return -self.scorer.gold_logprob(examples).mean().item()
+    def loss_tensor(self, examples):
+        return -self.scorer.gold_logprob(examples).mean()
 
 
 class NegativeAccuracy(Objective):
     """Minus the batch accuracy: non-differentiable, and ZO does not care."""
 
     name = "accuracy"
+    differentiable = False
 
-    def loss(self, examples):
+    def loss_tensor(self, examples):
         preds = self.predict(examples)
-        return -sum(int(p == ex.label) for p, ex in zip(preds, examples)) / len(examples)
+        return torch.tensor(-sum(int(p == ex.label) for p, ex in zip(preds, examples)) / len(examples))
 
 
 def build_objective(name: str, scorer: CandidateScorer) -> Objective:

@@ -87,7 +87,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length)
     objective = build_objective(cfg.objective, scorer)
     solver = parts["solver"]
-    solver.setup(bundle.params, objective)
+    solver.setup(bundle.params, objective, parts["data"]["train"])
     tracker = Tracker(run_dir, wandb_logger=_build_wandb(cfg, run_dir))
     try:
         loop = Loop(solver, objective, parts["task"], parts["data"], tracker,

@@ -61,10 +61,16 @@ class Solver:
         self.objective = None
 
     # ---- lifecycle -----------------------------------------------------------------------
-    def setup(self, params: Sequence, objective) -> None:
-        """Receive the trainable parameters and the objective (after the model loads)."""
+    def setup(self, params: Sequence, objective, train_examples: Sequence = ()) -> None:
+        """Receive the trainable parameters, the objective and the training examples
+        (after the model loads). Subclasses that override call super().setup first."""
         self.params = list(params)
         self.objective = objective
+        self.train_examples = list(train_examples)
+
+    def eval_examples(self, examples: list) -> list:
+        """Examples as this method presents them at evaluation (ICL adds demonstrations)."""
+        return examples
 
     def step(self, batch, step: int) -> StepResult:
         raise NotImplementedError

@@ -19,8 +19,8 @@ class MeZO(Solver):
         self.eps, self.dist = float(eps), dist
         self.engine: PerturbationEngine | None = None
 
-    def setup(self, params, objective) -> None:
-        super().setup(params, objective)
+    def setup(self, params, objective, train_examples=()) -> None:
+        super().setup(params, objective, train_examples)
         self.engine = PerturbationEngine(self.params, dist=self.dist)
 
     def step(self, batch, step: int) -> StepResult:
