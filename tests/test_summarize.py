@@ -114,18 +114,27 @@ def test_heatmap_cell_takes_best_dev_configuration(tmp_path: Path) -> None:
     assert set(captured.values()) == {"0.100"}
 
 
-def test_callback_records_failure_and_writes_summary(sweep: Path) -> None:
+def test_callback_records_failures_and_writes_summary(sweep: Path) -> None:
     callback = S.SummaryCallback()
-    job_dir = sweep / "3"
-    ret = JobReturn(overrides=[], working_dir=str(job_dir), status=JobStatus.FAILED)
-    ret.return_value = ValueError("solver.n_perts: got 0; allowed: an integer >= 1")
-    callback.on_job_end(OmegaConf.create(), ret)
-    assert (job_dir / "error.txt").read_text() == "ValueError: solver.n_perts: got 0; allowed: an integer >= 1\n"
+
+    def fail(job: str, message: str) -> None:
+        config = OmegaConf.create({"hydra": {"mode": "MULTIRUN", "sweep": {"dir": str(sweep)},
+                                             "runtime": {"output_dir": str(sweep / job)}}})
+        ret = JobReturn(overrides=["solver.n_perts=0"], working_dir="/cwd", status=JobStatus.FAILED)
+        ret.return_value = ValueError(message)
+        callback.on_job_end(config, ret)
+
+    fail("3", "Traceback ...\nsolver.n_perts: got 0; allowed: an integer >= 1")
+    fail("8", "solver.lr: got -1.0; allowed: a number >= 0")  # its folder was removed by the run
+    summary = S.summarize(sweep)
+    assert [(j.name, j.error) for j in summary.failed] == [
+        ("3", "ValueError: solver.n_perts: got 0; allowed: an integer >= 1"),
+        ("8", "ValueError: solver.lr: got -1.0; allowed: a number >= 0")]
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
-    assert "ValueError: solver.n_perts" in (sweep / "summary.md").read_text()
+    assert "- job 8 (solver.n_perts=0): ValueError: solver.lr" in (sweep / "summary.md").read_text()
     assert (sweep / "heatmap.png").exists()
 
 
 def test_empty_dir_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert S.main([str(tmp_path)]) == 2
-    assert "no job folders" in capsys.readouterr().err
+    assert "no jobs found" in capsys.readouterr().err

@@ -20,9 +20,10 @@ Contract with the run (what this module reads from `<multirun dir>/<job>/`):
   `metric` (name of the task metric, e.g. "accuracy"), `best_dev_<metric>`, `test_<metric>`
   (floats), `steps`, `fwd_passes`, `best_step` (ints), `wall_time_s`, `peak_mem_gb` (floats).
   Other keys are kept in `jobs.csv`. Non-finite floats may be stored as strings ("nan").
-- `error.txt` (optional, written by `SummaryCallback.on_job_end`): why a job failed.
+- `<multirun dir>/.failed/<job>.json` (written by `SummaryCallback.on_job_end`): the overrides
+  and the one-line error of a job that raised, even if its folder was removed.
 
-A job folder without `summary.json` is listed as failed, never fatal.
+A job without `summary.json` is listed as failed, never fatal.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ from typing import Any, Sequence
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 SEED_SUFFIX = "seed"  # keys ending in this are repetitions, averaged rather than grouped
 REPORTED = ("steps", "fwd_passes", "wall_time_s", "peak_mem_gb")
+FAILED_DIR = ".failed"  # <sweep dir>/.failed/<job>.json: written by SummaryCallback.on_job_end
 
 
 @dataclass
@@ -96,21 +99,24 @@ def _number(value: Any) -> float:
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
-    dirs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
-    return sorted(dirs, key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
+    return [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
+    failures = {p.stem: json.loads(p.read_text()) for p in (sweep_dir / FAILED_DIR).glob("*.json")}
     jobs = []
     for path in _job_dirs(sweep_dir):
         overrides = _parse_overrides(yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or [])
-        summary_path, error_path = path / "summary.json", path / "error.txt"
+        summary_path = path / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        error = error_path.read_text().strip() if error_path.exists() else None
-        if summary is None and error is None:
-            error = "no summary.json (job failed, was killed, or is still running)"
+        failure = failures.pop(path.name, None)
+        error = None
+        if summary is None:
+            error = failure["error"] if failure else "no summary.json (job failed, was killed, or is still running)"
         jobs.append(Job(path.name, path, overrides, summary, error))
-    return jobs
+    for name, failure in failures.items():  # failed before its folder was kept (e.g. bad config)
+        jobs.append(Job(name, sweep_dir / name, _parse_overrides(failure["overrides"]), None, failure["error"]))
+    return sorted(jobs, key=lambda j: (0, int(j.name)) if j.name.isdigit() else (1, j.name))
 
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
@@ -125,6 +131,8 @@ def _lookup(job: Job, key: str) -> Any:
     if key in job.overrides:
         return job.overrides[key]
     hydra_dir = job.path / ".hydra"
+    if not (hydra_dir / "config.yaml").exists():
+        return None
     value = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), key, default=None)
     if (value is None or OmegaConf.is_config(value)) and (hydra_dir / "hydra.yaml").exists():
         choices = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices")
@@ -177,7 +185,7 @@ def summarize(sweep_dir: Path | str, keys: Sequence[str] | None = None) -> Summa
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     if not jobs:
-        raise FileNotFoundError(f"{sweep_dir}: no job folders (<n>/.hydra/overrides.yaml) found")
+        raise FileNotFoundError(f"{sweep_dir}: no jobs found (neither <n>/.hydra/overrides.yaml nor {FAILED_DIR}/)")
     if keys is None:
         keys = [k for k in swept_keys(jobs) if not k.endswith(SEED_SUFFIX)]
     keys = list(keys)
@@ -332,11 +340,17 @@ class SummaryCallback(Callback):
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status != JobStatus.FAILED or job_return.working_dir is None:
+        """Record a failed sweep job in <sweep dir>/.failed/<job>.json (its own folder may be gone)."""
+        mode = config.hydra.mode
+        if job_return.status != JobStatus.FAILED or getattr(mode, "name", mode) != RunMode.MULTIRUN.name:
             return
         error = job_return._return_value
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        (Path(job_return.working_dir) / "error.txt").write_text(f"{type(error).__name__}: {message}\n")
+        lines = str(error).strip().splitlines()
+        record = {"overrides": list(job_return.overrides or []),
+                  "error": f"{type(error).__name__}: {lines[-1] if lines else ''}"}
+        folder = Path(config.hydra.sweep.dir) / FAILED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{Path(config.hydra.runtime.output_dir).name}.json").write_text(json.dumps(record) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
