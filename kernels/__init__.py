@@ -1,0 +1,1 @@
+"""Perturbation kernels (Triton) and their pure-torch references; see `zoexp.perturb`."""

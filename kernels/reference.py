@@ -1,0 +1,83 @@
+"""Pure-torch reference of `kernels.sweep`: the same z, the same arithmetic, any device.
+
+Used on CPU (and wherever Triton is unavailable) and by the tests as the specification of the
+kernels. Works chunk by chunk so its temporaries stay small however large a tensor is, which
+also exercises the promise that z depends only on the global element index.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.philox import (RADEMACHER_GROUP, rademacher_words, rounding_uniform, unpack_signs,
+                            z_reference)
+from kernels.sweep_op import SweepOp
+
+CHUNK = 1 << 20
+_MANTISSA = {torch.bfloat16: 7, torch.float16: 10}
+_MIN_EXP = {torch.bfloat16: -126, torch.float16: -14}
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def _z(seed: int, packed: torch.Tensor | None, start: int, n: int, dist: str, device) -> torch.Tensor:
+    if packed is None:
+        return z_reference(seed, start, n, dist, device)
+    first, last = start // RADEMACHER_GROUP, (start + n - 1) // RADEMACHER_GROUP
+    z = unpack_signs(packed[first:last + 1].to(device)).flatten()
+    lo = start - first * RADEMACHER_GROUP
+    return z[lo:lo + n]
+
+
+def stochastic_round(y: torch.Tensor, u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 y -> grid of `dtype`, rounding up with probability (y - lo) / ulp (unbiased)."""
+    e = ((y.view(torch.int32) >> 23) & 0xFF) - 127
+    e = (e.clamp(min=_MIN_EXP[dtype]) - _MANTISSA[dtype]).clamp(min=-126)
+    ulp = ((e + 127) << 23).view(torch.float32)
+    t = y / ulp
+    fl = torch.floor(t)
+    return (fl + (u < t - fl).to(torch.float32)) * ulp
+
+
+def _apply(x: torch.Tensor, start: int, op: SweepOp, dist: str) -> torch.Tensor:
+    """The swept values of the flat chunk x (global elements [start, start + len(x)))."""
+    n, device, dtype = x.numel(), x.device, x.dtype
+    y = x.to(torch.float32)
+    need_z1 = op.restore_scale is not None or op.coef is not None or (
+        op.seed2 is None and op.packed2 is None)
+    z1 = _z(op.seed1, op.packed1, start, n, dist, device) if need_z1 else None
+    if op.restore_scale is not None:
+        y = (y - _f32(op.restore_scale) * z1).to(dtype).to(torch.float32)
+    if op.coef is not None:
+        y = y * _f32(1.0 - op.decay) + _f32(op.coef) * z1
+        if op.stochastic and dtype in _MANTISSA:
+            y = stochastic_round(y, rounding_uniform(op.seed1, start, n, device), dtype)
+        y = y.to(dtype).to(torch.float32)
+    if op.perturb_scale is not None:
+        z2 = z1 if op.seed2 is None and op.packed2 is None else _z(
+            op.seed1 if op.seed2 is None else op.seed2, op.packed2, start, n, dist, device)
+        y = y + _f32(op.perturb_scale) * z2
+    return y.to(dtype)
+
+
+@torch.no_grad()
+def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: str,
+          out: torch.Tensor | None = None) -> None:
+    """Same contract as `kernels.sweep.sweep`."""
+    for x, off in zip(tensors, offsets):
+        src = x.view(-1)
+        dst = src if out is None else out.view(-1)
+        for lo in range(0, src.numel(), CHUNK):
+            hi = min(lo + CHUNK, src.numel())
+            dst[lo:hi] = _apply(src[lo:hi], off + lo, op, dist)
+
+
+def pack_rademacher(seed: int, n_groups: int, device) -> torch.Tensor:
+    from kernels.philox import rademacher_words
+    return rademacher_words(seed, 0, n_groups, device)
+
+
+def unpack_rademacher(words: torch.Tensor, n: int) -> torch.Tensor:
+    return unpack_signs(words).flatten()[:n]

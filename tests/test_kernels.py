@@ -1,0 +1,177 @@
+"""Kernels vs their torch references (Triton through TRITON_INTERPRET=1 when there is no GPU).
+
+z must be a pure function of (seed, global element index): the same from the Triton kernel and
+the reference, under any split of the parameters into tensors, block size or chunking.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of kernels.sweep
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from kernels import reference as R  # noqa: E402
+from kernels import sweep as K  # noqa: E402
+from kernels.philox import philox4x32, z_reference  # noqa: E402
+from kernels.sweep_op import SweepOp  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DISTS = ("rademacher", "gaussian")
+
+
+def test_philox_known_answer():
+    """Random123's published answer for Philox4x32-10, counter 0 and key 0."""
+    out = philox4x32(0, torch.zeros(1, dtype=torch.int64))
+    assert [int(w) for w in out] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@triton.jit
+def _randint4x_kernel(out_ptr, seed, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    r0, r1, r2, r3 = tl.randint4x(seed, offs)
+    tl.store(out_ptr + offs * 4, r0.to(tl.int32, bitcast=True))
+    tl.store(out_ptr + offs * 4 + 1, r1.to(tl.int32, bitcast=True))
+    tl.store(out_ptr + offs * 4 + 2, r2.to(tl.int32, bitcast=True))
+    tl.store(out_ptr + offs * 4 + 3, r3.to(tl.int32, bitcast=True))
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**31 - 1, 2**40 + 7])
+def test_reference_philox_matches_triton_randint4x(seed):
+    out = torch.empty(64, 4, dtype=torch.int32, device=DEVICE)
+    _randint4x_kernel[(1,)](out, seed, N=64)
+    ref = torch.stack(philox4x32(seed, torch.arange(64)), dim=-1)
+    assert torch.equal(out.cpu().to(torch.int64) & 0xFFFFFFFF, ref)
+
+
+def _tensors(dtype, sizes=(300, 5000, 77, 128 * 40)):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(n, generator=g).to(dtype).to(DEVICE) for n in sizes]
+
+
+OPS = [
+    SweepOp(seed1=5, perturb_scale=1e-3),
+    SweepOp(seed1=5, restore_scale=-2e-3, perturb_scale=3e-3),
+    SweepOp(seed1=5, restore_scale=1e-3, coef=1e-2, decay=0.1, perturb_scale=2e-3, seed2=9),
+    SweepOp(seed1=6, coef=-3e-4, stochastic=True),
+]
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_matches_reference(dtype, dist, grouped, monkeypatch):
+    monkeypatch.setattr(K, "GROUP_MAX_NUMEL", 1 << 30 if grouped else 0)
+    offsets = [13, 313, 5313, 5390]
+    for op in OPS:
+        a, b = _tensors(dtype), _tensors(dtype)
+        K.sweep(a, offsets, op, dist)
+        R.sweep(b, offsets, op, dist)
+        for x, y in zip(a, b):
+            if dist == "rademacher" or dtype != torch.float32:
+                # bit-identical; Gaussian 16-bit results agree except on the rare rounding tie
+                mismatch = (x != y).float().mean().item()
+                assert mismatch == 0.0 if dist == "rademacher" else mismatch < 1e-3
+            else:
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_kernel_z_equals_reference_z(dist):
+    out = torch.empty(3000, device=DEVICE)
+    K.sweep([torch.zeros(3000, device=DEVICE)], [1000003], SweepOp(seed1=11, perturb_scale=1.0),
+            dist, out=out)
+    ref = z_reference(11, 1000003, 3000, dist)
+    if dist == "rademacher":
+        assert torch.equal(out.cpu(), ref)
+    else:
+        torch.testing.assert_close(out.cpu(), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("impl", [K, R])
+def test_z_independent_of_split(dist, impl):
+    """One tensor of 7000 elements vs the same space cut at odd places into three tensors."""
+    whole = torch.zeros(7000, device=DEVICE)
+    parts = [torch.zeros(n, device=DEVICE) for n in (129, 4000, 2871)]
+    op = SweepOp(seed1=3, perturb_scale=1.0)
+    impl.sweep([whole], [0], op, dist)
+    impl.sweep(parts, [0, 129, 4129], op, dist)
+    assert torch.equal(whole, torch.cat(parts))
+    # a shard that starts at element 129 generates the same z on its own
+    shard = torch.zeros(4000, device=DEVICE)
+    impl.sweep([shard], [129], op, dist)
+    assert torch.equal(shard, parts[1])
+
+
+def test_reference_chunking_does_not_change_z(monkeypatch):
+    a, b = torch.zeros(1000), torch.zeros(1000)
+    op = SweepOp(seed1=4, perturb_scale=1.0)
+    R.sweep([a], [77], op, "gaussian")
+    monkeypatch.setattr(R, "CHUNK", 97)
+    R.sweep([b], [77], op, "gaussian")
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_z_statistics(dist):
+    z = z_reference(2024, 0, 1 << 16, dist).double()
+    assert abs(z.mean().item()) < 5 / 256          # 5 standard errors
+    assert abs(z.var().item() - 1.0) < 0.03
+    if dist == "gaussian":
+        assert abs(((z ** 4).mean() - 3.0).item()) < 0.15  # kurtosis of a normal
+    else:
+        assert set(z.unique().tolist()) == {-1.0, 1.0}
+    # different seeds, and neighbouring seeds, give uncorrelated directions
+    z2 = z_reference(2025, 0, 1 << 16, dist).double()
+    assert abs((z * z2).mean().item()) < 5 / 256
+
+
+@pytest.mark.parametrize("impl", [K, R])
+def test_pack_unpack_roundtrip(impl):
+    n = 128 * 37
+    words = impl.pack_rademacher(21, 37, DEVICE)
+    assert words.shape == (37, 4) and words.dtype == torch.int32
+    signs = impl.unpack_rademacher(words, n)
+    assert torch.equal(signs.cpu(), z_reference(21, 0, n, "rademacher"))
+
+
+@pytest.mark.parametrize("impl", [K, R])
+def test_packed_direction_sweeps_like_its_seed(impl):
+    words = impl.pack_rademacher(21, 83, DEVICE)  # covers elements [0, 10510)
+    a, b = _tensors(torch.bfloat16), _tensors(torch.bfloat16)
+    offsets = [13, 313, 5313, 5390]
+    impl.sweep(a, offsets, SweepOp(seed1=21, restore_scale=1e-3, perturb_scale=2e-3), "rademacher")
+    impl.sweep(b, offsets, SweepOp(seed1=21, packed1=words, restore_scale=1e-3,
+                                   perturb_scale=2e-3), "rademacher")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stochastic_rounding_is_unbiased(dtype):
+    """Updates of 1/8 ulp survive on average with stochastic rounding, vanish without."""
+    n, coef = 1 << 16, 2.0 ** -10     # ulp of bf16 at 1.0 is 2^-7; of fp16 2^-10 -> use 2^-13
+    coef = coef if dtype == torch.bfloat16 else 2.0 ** -13
+    z = z_reference(8, 0, n, "rademacher").to(DEVICE)
+    for impl in (K, R):
+        for stochastic in (True, False):
+            w = torch.ones(n, dtype=dtype, device=DEVICE)
+            impl.sweep([w], [0], SweepOp(seed1=8, coef=coef, stochastic=stochastic), "rademacher")
+            est = ((w.double() - 1.0) * z.double()).mean().item()   # E[(w' - w) z] = coef
+            if stochastic:
+                assert abs(est - coef) < 0.1 * coef, est
+            else:
+                assert est == 0.0
+
+
+def test_stochastic_rounding_kernel_matches_reference():
+    for dtype in (torch.bfloat16, torch.float16):
+        a, b = _tensors(dtype), _tensors(dtype)
+        op = SweepOp(seed1=3, coef=1e-4, decay=1e-3, stochastic=True)
+        K.sweep(a, [0, 300, 5300, 5377], op, "rademacher")
+        R.sweep(b, [0, 300, 5300, 5377], op, "rademacher")
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
