@@ -97,6 +97,7 @@ class Task:
         """Raw rows of a split, from `data_dir` when set, else from the hub via `datasets`."""
         import datasets
 
+        datasets.disable_progress_bars()  # one line per split is noise in a sweep's logs
         if self.data_dir is not None:
             path = self._local_file(split)
             kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
