@@ -56,8 +56,9 @@ def test_mezo_lowers_the_training_loss(default_model, sst2_dir):
     direction ZO finds quickly; the check is on the whole fixed set, not a noisy batch."""
     bundle = default_model
     start = [p.detach().clone() for p in bundle.params]
-    train = SST2(data_dir=str(sst2_dir), num_train=32, num_dev=0, num_eval=1, seed=0).sample()["train"]
-    objective = build_objective("classification", CandidateScorer(bundle.model, bundle.tokenizer, bundle.device))
+    task = SST2(data_dir=str(sst2_dir), num_train=32, num_dev=0, num_eval=1, seed=0)
+    train = task.sample()["train"]
+    objective = build_objective("classification", CandidateScorer(bundle.model, bundle.tokenizer, bundle.device), task)
     before = objective.loss(train)
     solver = MeZO(steps=40, batch_size=16, lr=1e-4, eps=1e-3, seed=0)
     solver.setup(bundle.params, objective, train)

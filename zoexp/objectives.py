@@ -126,6 +126,19 @@ class CandidateScorer:
         scores = self._score_pairs(examples, [[ex.label] for ex in examples])
         return scores.gather(1, torch.tensor([[ex.label] for ex in examples], device=scores.device)).squeeze(1)
 
+    @torch.no_grad()
+    def generate(self, examples: Sequence[Example], max_new_tokens: int = 32, stop: str = "\n") -> list[str]:
+        """Greedy continuations of the prompts, cut at `stop` (generation tasks)."""
+        room = max(self.max_length - max_new_tokens, 1)
+        seqs = [self._ids(ex.prompt, True)[-room:] for ex in examples]
+        enc = self._pad(seqs)
+        self.forward_passes += 1
+        out = self.model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                  max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+        return [t.split(stop, 1)[0] if stop else t for t in texts]
+
     def padding_ratio(self) -> float:
         return self.computed_tokens / max(self.real_tokens, 1)
 
@@ -133,13 +146,15 @@ class CandidateScorer:
 class Objective:
     """Base: `loss(examples)` -> float without autograd (what ZO solvers call);
     `loss_tensor(examples)` -> differentiable tensor (first-order baselines);
-    `predict(examples)` -> predicted candidate indices (evaluation)."""
+    `predict(examples)` -> candidate indices, or generated strings for generation tasks."""
 
     name = "base"
     differentiable = True
+    kinds = ("classification", "multiple_choice", "generation")  # task kinds it applies to
 
-    def __init__(self, scorer: CandidateScorer) -> None:
+    def __init__(self, scorer: CandidateScorer, task) -> None:
         self.scorer = scorer
+        self.task = task
 
     def loss_tensor(self, examples: Sequence[Example]) -> torch.Tensor:
         raise NotImplementedError
@@ -149,7 +164,9 @@ class Objective:
             return self.loss_tensor(examples).item()
 
     @torch.no_grad()
-    def predict(self, examples: Sequence[Example]) -> list[int]:
+    def predict(self, examples: Sequence[Example]) -> list:
+        if self.task.kind == "generation":
+            return self.scorer.generate(examples)
         return self.scorer.score(examples).argmax(-1).tolist()
 
 
@@ -157,6 +174,7 @@ class ClassificationLoss(Objective):
     """Cross-entropy over the candidates' log-likelihoods (MeZO's classification loss)."""
 
     name = "classification"
+    kinds = ("classification", "multiple_choice")
 
     def loss_tensor(self, examples):
         scores = self.scorer.score(examples)
@@ -173,19 +191,42 @@ class LMLoss(Objective):
         return -self.scorer.gold_logprob(examples).mean()
 
 
-class NegativeAccuracy(Objective):
-    """Minus the batch accuracy: non-differentiable, and ZO does not care."""
+class NegativeMetric(Objective):
+    """Minus the task's own metric on the batch (accuracy, F1): non-differentiable, and ZO
+    does not care -- it optimises what is reported (MeZO, section on non-differentiable objectives)."""
 
-    name = "accuracy"
     differentiable = False
 
     def loss_tensor(self, examples):
-        preds = self.predict(examples)
-        return torch.tensor(-sum(int(p == ex.label) for p, ex in zip(preds, examples)) / len(examples))
+        return torch.tensor(-self.task.score(self.predict(examples), examples)[self.name])
 
 
-def build_objective(name: str, scorer: CandidateScorer) -> Objective:
-    table = {cls.name: cls for cls in (ClassificationLoss, LMLoss, NegativeAccuracy)}
-    if name not in table:
-        raise ConfigError("objective", f"got {name!r}; allowed: {sorted(table)}")
-    return table[name](scorer)
+class NegativeAccuracy(NegativeMetric):
+    name = "accuracy"
+    kinds = ("classification", "multiple_choice")
+
+
+class NegativeF1(NegativeMetric):
+    name = "f1"
+    kinds = ("generation",)
+
+
+OBJECTIVES = {cls.name: cls for cls in (ClassificationLoss, LMLoss, NegativeAccuracy, NegativeF1)}
+DEFAULT_FOR_KIND = {"classification": "classification", "multiple_choice": "classification", "generation": "lm"}
+
+
+def resolve_objective_name(name: str, task_kind: str) -> str:
+    """`auto` -> the task kind's usual loss; otherwise check the objective fits the task."""
+    allowed = ["auto", *OBJECTIVES]
+    if name == "auto":
+        return DEFAULT_FOR_KIND[task_kind]
+    if name not in OBJECTIVES:
+        raise ConfigError("objective", f"got {name!r}; allowed: {allowed}")
+    if task_kind not in OBJECTIVES[name].kinds:
+        fits = [n for n, c in OBJECTIVES.items() if task_kind in c.kinds]
+        raise ConfigError("objective", f"{name!r} does not apply to a {task_kind} task; allowed: {['auto', *fits]}")
+    return name
+
+
+def build_objective(name: str, scorer: CandidateScorer, task) -> Objective:
+    return OBJECTIVES[resolve_objective_name(name, task.kind)](scorer, task)

@@ -52,10 +52,9 @@ def prepare(cfg: DictConfig) -> dict:
     task = _instantiate(cfg.task, "task")
     solver = _instantiate(cfg.solver, "solver")
     peft_config = build_peft(cfg)
-    from zoexp.objectives import build_objective  # noqa: F401 - validated below by name
+    from zoexp.objectives import resolve_objective_name
 
-    if cfg.objective not in ("classification", "lm", "accuracy"):
-        raise ConfigError("objective", f"got {cfg.objective!r}; allowed: ['accuracy', 'classification', 'lm']")
+    resolve_objective_name(cfg.objective, task.kind)
     if solver.trains and solver.batch_size > task.num_train:
         raise ConfigError("solver.batch_size", f"got {solver.batch_size}, larger than task.num_train="
                           f"{task.num_train}; allowed: at most {task.num_train}")
@@ -85,7 +84,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("model %s: %.1fM trainable parameters on %s (%s)", cfg.model.name,
              bundle.num_trainable() / 1e6, bundle.device, cfg.model.dtype)
     scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length)
-    objective = build_objective(cfg.objective, scorer)
+    objective = build_objective(cfg.objective, scorer, parts["task"])
     solver = parts["solver"]
     solver.setup(bundle.params, objective, parts["data"]["train"])
     tracker = Tracker(run_dir, wandb_logger=_build_wandb(cfg, run_dir))
