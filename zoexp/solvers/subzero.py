@@ -1,0 +1,112 @@
+"""SubZero (arXiv 2410.08989): ZO-SGD with layer-wise low-rank perturbations.
+
+For each 2-D weight W (m x n), column-orthonormal U (m x r) and V (n x r) (QR of Gaussian
+matrices) span a random subspace that is kept for `update_interval` steps; each direction is
+Z = U S V^T with S an r x r Gaussian drawn from the direction's seed. Parameters that are not
+matrices get a plain Gaussian. U, V and S are pure functions of (seed, step, parameter index),
+generated on the CPU with torch's generator, so directions do not depend on the device and a
+step replays from (subspace index, seed, coefficient).
+
+The directions here are plain torch: each perturbation is applied in place (float rounding
+can leave an ulp of drift after restore, unlike the engine's virtual perturbation) and
+allocates one temporary the size of the layer being perturbed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from zoexp.errors import ConfigError
+from zoexp.solvers.base import StepResult, check, derive_seed
+from zoexp.solvers.zo import ZOSolver
+
+
+class LowRankDirections:
+    """Seeded SubZero directions over a list of parameters (the engine's verbs, in torch)."""
+
+    def __init__(self, params: Sequence[torch.Tensor], rank: int, seed: int) -> None:
+        self.params, self.rank, self.seed = list(params), rank, seed
+        for i, p in enumerate(self.params):
+            if p.dim() == 2 and rank > min(p.shape):
+                raise ConfigError("solver.rank", f"got {rank}; allowed: 1..{min(p.shape)} (trainable "
+                                  f"parameter #{i} is a {p.shape[0]} x {p.shape[1]} matrix)")
+        self.subspace: int | None = None
+        self.bases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _generator(self, *keys: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.seed, *keys))
+
+    def use_subspace(self, index: int) -> None:
+        """Regenerate every matrix's (U, V) for subspace `index` (a no-op if already current)."""
+        if index == self.subspace:
+            return
+        self.bases = {}
+        for i, p in enumerate(self.params):
+            if p.dim() == 2:
+                gen = self._generator(-1, index, i)  # negative key: never a (step, k) direction seed
+                u = torch.linalg.qr(torch.randn(p.shape[0], self.rank, generator=gen))[0]
+                v = torch.linalg.qr(torch.randn(p.shape[1], self.rank, generator=gen))[0]
+                self.bases[i] = (u.to(p.device), v.to(p.device))
+        self.subspace = index
+
+    def direction(self, seed: int, index: int) -> torch.Tensor:
+        """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32)."""
+        p, gen = self.params[index], self._generator(seed, index)
+        if index in self.bases:
+            u, v = self.bases[index]
+            s = torch.randn(self.rank, self.rank, generator=gen).to(p.device)
+            return u @ s @ v.T
+        return torch.randn(p.shape, generator=gen).to(p.device)
+
+    @torch.no_grad()
+    def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
+        for i, p in enumerate(self.params):
+            if decay:
+                p.mul_(1.0 - decay)
+            p.add_(self.direction(seed, i).to(p.dtype), alpha=scale)
+
+    def perturb(self, seed: int, scale: float) -> None:
+        self._add(seed, scale)
+
+    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
+        self._add(seed, new_scale - old_scale)
+
+    def restore(self, seed: int, scale: float) -> None:
+        self._add(seed, -scale)
+
+    def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
+        if coef != 0.0 or decay != 0.0:
+            self._add(seed, coef, decay)
+
+
+class SubZero(ZOSolver):
+    def __init__(self, rank: int = 8, update_interval: int = 1000, lora_rank: int | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        check("solver.rank", isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1, rank,
+              "an integer >= 1")
+        check("solver.update_interval", isinstance(update_interval, int) and update_interval >= 1,
+              update_interval, "an integer >= 1")
+        # LoRA matrices are r x n and m x r: a larger SubZero rank is known to fail before loading.
+        check("solver.rank", lora_rank is None or rank <= lora_rank, rank,
+              f"1..{lora_rank} (peft=lora matrices have rank {lora_rank})")
+        self.rank, self.update_interval = rank, update_interval
+
+    def make_directions(self) -> LowRankDirections:
+        return LowRankDirections(self.params, self.rank, self.seed)
+
+    def subspace_index(self, step: int) -> int:
+        return step // self.update_interval
+
+    def step(self, batch, step: int) -> StepResult:
+        self.directions.use_subspace(self.subspace_index(step))
+        return super().step(batch, step)
+
+    def make_record(self, step: int, seeds: list[int], grads: list[float]) -> dict:
+        return {"subspace": self.subspace_index(step), **super().make_record(step, seeds, grads)}
+
+    def replay(self, record: dict) -> None:
+        self.directions.use_subspace(record["subspace"])
+        super().replay(record)

@@ -1,0 +1,110 @@
+"""What the seed-based zeroth-order solvers share: central-difference probes over seeded
+directions, the averaged n-direction update, and its replay from (seeds, coefficients).
+
+A *directions* object is anything with the PerturbationEngine verbs (`perturb`, `move`,
+`restore`, `update`, `direction`): the engine itself for Gaussian / Rademacher z, or the
+low-rank SubZero directions. A solver never stores z; it keeps seeds and scalars only.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+
+from zoexp.solvers.base import Solver, StepResult, check
+
+
+class Directions(Protocol):
+    def perturb(self, seed: int, scale: float) -> None: ...
+    def move(self, seed: int, old_scale: float, new_scale: float) -> None: ...
+    def restore(self, seed: int, scale: float) -> None: ...
+    def update(self, seed: int, coef: float, decay: float = 0.0) -> None: ...
+    def direction(self, seed: int, index: int) -> torch.Tensor: ...
+
+
+class ZOSolver(Solver):
+    """n-SPSA over `self.directions` (built by `make_directions` once the parameters exist).
+
+    Per step, for k = 1..n_perts with seed s_k: f+ = f(theta + eps z_k), f- = f(theta - eps z_k),
+    g_k = (f+ - f-) / (2 eps); theta <- (1 - lr wd) theta - lr / n * sum_k g_k z_k.
+    All directions are probed at the same theta and on the same batch (2 n forwards).
+    """
+
+    def __init__(self, eps: float = 1e-3, n_perts: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check("solver.eps", isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0,
+              eps, "a number > 0")
+        check("solver.n_perts", isinstance(n_perts, int) and not isinstance(n_perts, bool) and n_perts >= 1,
+              n_perts, "an integer >= 1")
+        self.eps, self.n_perts = float(eps), n_perts
+        self.directions: Directions | None = None
+
+    def setup(self, params, objective, train_examples=()) -> None:
+        super().setup(params, objective, train_examples)
+        self.directions = self.make_directions()
+
+    def make_directions(self) -> Directions:
+        raise NotImplementedError
+
+    # ---- probes ----------------------------------------------------------------------------
+    def seeds(self, step: int) -> list[int]:
+        return [self.direction_seed(step, k) for k in range(self.n_perts)]
+
+    def probe(self, batch, seed: int) -> tuple[float, float]:
+        """(f(theta + eps z), f(theta - eps z)) on `batch`; theta is restored afterwards."""
+        d, eps = self.directions, self.eps
+        d.perturb(seed, eps)
+        loss_plus = self.objective.loss(batch)
+        d.move(seed, eps, -eps)
+        loss_minus = self.objective.loss(batch)
+        d.restore(seed, -eps)
+        return loss_plus, loss_minus
+
+    def probe_all(self, batch, step: int) -> tuple[list[int], list[float], list[float]]:
+        seeds = self.seeds(step)
+        pairs = [self.probe(batch, s) for s in seeds]
+        return seeds, [p for p, _ in pairs], [m for _, m in pairs]
+
+    # ---- update --------------------------------------------------------------------------------
+    def apply(self, seeds: Sequence[int], coefs: Sequence[float], decay: float) -> None:
+        """theta <- (1 - decay) theta + sum_k coefs[k] z(seeds[k]) (decay applied once).
+
+        One update sweep per direction: a fused multi-seed update is a kernel to write."""
+        for k, (seed, coef) in enumerate(zip(seeds, coefs)):
+            self.directions.update(seed, coef, decay if k == 0 else 0.0)
+
+    def step(self, batch, step: int) -> StepResult:
+        seeds, plus, minus = self.probe_all(batch, step)
+        grads = [(p - m) / (2 * self.eps) for p, m in zip(plus, minus)]
+        return self.finish(step, seeds, grads, loss=sum(plus + minus) / (2 * len(seeds)))
+
+    def finish(self, step: int, seeds: list[int], grads: list[float], loss: float,
+               metrics: dict | None = None) -> StepResult:
+        """Apply the update through `replay`, so a recorded step and its replay are one code path."""
+        record = self.make_record(step, seeds, grads)
+        self.replay(record)
+        return StepResult(loss=loss, record=record, metrics={
+            "proj_grad": sum(grads) / len(grads), "lr": self.lr_at(step), **(metrics or {})})
+
+    def make_record(self, step: int, seeds: list[int], grads: list[float]) -> dict:
+        """Seeds and the scalar coefficient of each z: all that the SGD update needs."""
+        lr = self.lr_at(step)
+        return {"seeds": seeds, "coefs": [-lr * g / len(seeds) for g in grads],
+                "decay": lr * self.weight_decay}
+
+    def replay(self, record: dict) -> None:
+        self.apply(record["seeds"], record["coefs"], record["decay"])
+
+
+def dense_estimate(directions: Directions, seeds: Sequence[int], weights: Sequence[float],
+                   index: int) -> torch.Tensor:
+    """sum_k weights[k] z(seeds[k]) for parameter `index`, as a float32 tensor.
+
+    For the adaptive solvers, whose moments need the estimate itself; it allocates one
+    tensor the size of that parameter (a fused per-parameter kernel would not)."""
+    out = None
+    for seed, w in zip(seeds, weights):
+        z = directions.direction(seed, index)
+        out = z.mul_(w) if out is None else out.add_(z, alpha=w)
+    return out
