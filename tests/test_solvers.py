@@ -212,3 +212,33 @@ def test_bad_hyperparameters_raise_config_error(cls, kw, field):
     with pytest.raises(ConfigError) as err:
         cls(steps=1, **kw)
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+# ---- baselines -----------------------------------------------------------------------------
+def test_icl_prepends_k_seeded_demonstrations():
+    from tasks.base import Example
+    from zoexp.solvers.icl import ICL
+
+    train = [Example(prompt=f"train {i} It was", candidates=(" bad", " good"), label=i % 2) for i in range(10)]
+    query = [Example(prompt=f"query {i} It was", candidates=(" bad", " good"), label=1) for i in range(3)]
+    solver = ICL(k=3, separator=" || ", seed=7)
+    solver.setup([], None, train)
+    shown = solver.eval_examples(query)
+    for ex, q in zip(shown, query):
+        parts = ex.prompt.split(" || ")
+        assert len(parts) == 4 and parts[-1] == q.prompt
+        assert all(p in {t.prompt + t.candidates[t.label] for t in train} for p in parts[:3])
+        assert ex.candidates == q.candidates and ex.label == q.label
+    assert [e.prompt for e in solver.eval_examples(query)] == [e.prompt for e in shown]  # fixed draw
+    with pytest.raises(ConfigError, match="solver.k"):
+        ICL(k=11).setup([], None, train)
+
+
+def test_first_order_refuses_a_non_differentiable_objective():
+    from zoexp.solvers.fo_sgd import FOSGD
+
+    with pytest.raises(ConfigError, match="objective"):
+        FOSGD(steps=1, objective="accuracy")
+    solver = FOSGD(steps=1)
+    with pytest.raises(ConfigError, match="objective"):
+        solver.setup([torch.nn.Parameter(torch.ones(2))], SimpleNamespace(differentiable=False, name="accuracy"))

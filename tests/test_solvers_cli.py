@@ -1,0 +1,34 @@
+"""Bad solver hyperparameters fail from the command line with one line naming the field,
+before the model loads; and the user's 1.5-SPSA sweep command composes its three jobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_main
+
+CASES = [
+    (["solver=spsa", "solver.n_perts=0"], "solver.n_perts: got 0", ">= 1"),
+    (["solver=spsa15", "solver.n_perts=-3"], "solver.n_perts: got -3", ">= 1"),
+    (["solver=spsa", "solver.eps=0"], "solver.eps: got 0", "> 0"),
+    (["solver=subzero", "solver.eps=-1e-3"], "solver.eps: got -0.001", "> 0"),
+    (["solver=spsa15", "solver.saturating_alpha=0"], "solver.saturating_alpha: got 0", "(0, 1]"),
+    (["solver=spsa15", "solver.saturating_alpha=1.5"], "solver.saturating_alpha: got 1.5", "(0, 1]"),
+    (["solver=subzero", "peft=lora", "solver.rank=16"], "solver.rank: got 16", "1..8"),
+    (["solver=subzero", "solver.rank=0"], "solver.rank: got 0", ">= 1"),
+    (["solver=spsa", "solver.dist=uniform"], "solver.dist: got 'uniform'", "rademacher"),
+    (["solver=fo_adam", "objective=accuracy"], "objective: got 'accuracy'", "classification"),
+    (["solver=icl", "solver.k=-1"], "solver.k: got -1", ">= 0"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected,allowed", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_hyperparameter_fails_with_one_line_before_the_model_loads(tmp_path, overrides, expected, allowed):
+    run_dir = tmp_path / "run"
+    proc = run_main(*overrides, f"hydra.run.dir={run_dir}", timeout=300)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0] and allowed in lines[0], lines[0]
+    assert "trainable parameters" not in proc.stderr + proc.stdout  # the model never loaded
+    assert not run_dir.exists()
