@@ -77,3 +77,31 @@ def test_local_launcher_builds_a_local_executor(tmp_path, monkeypatch) -> None:
     executor = captured_executor(cfg, monkeypatch)
     assert isinstance(executor._executor, submitit.LocalExecutor)
     assert executor._executor.parameters["timeout_min"] == cfg.hardware.timeout_min
+
+
+EXPERIMENTS = {  # recipe -> (group choices, fixed values, swept values)
+    "mezo_opt13b_superglue": ({"model": "opt-13b", "solver": "mezo", "hardware": "h100", "peft": "none"},
+                              {"solver.steps": 20000, "solver.batch_size": 16, "solver.eps": 1e-3},
+                              {"task": 11, "solver.lr": 2}),
+    "spsa15_opt13b_sst2_grid": ({"model": "opt-13b", "solver": "spsa15", "task": "sst2"},
+                                {"solver.lr": 1e-4, "solver.saturating_alpha": 0.1, "solver.lambda_reg": 1.0},
+                                {"solver.n_perts": 3, "solver.batch_size": 3}),
+    "subzero_opt1.3b_sst2_prompt": ({"model": "opt-1.3b", "solver": "subzero", "task": "sst2", "peft": "prompt"},
+                                    {"peft.num_virtual_tokens": 10, "solver.rank": 8}, {"solver.lr": 2}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_experiment_recipes_compose_and_validate(tmp_path, name: str) -> None:
+    choices, values, sweeps = EXPERIMENTS[name]
+    cfg = launcher_cfg(tmp_path, "slurm", f"+experiment={name}")
+    for group, option in choices.items():
+        assert cfg.hydra.runtime.choices[group] == option
+    for key, value in values.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    params = cfg.hydra.sweeper.params
+    assert {k: len(str(v).split(",")) for k, v in params.items()} == sweeps
+    hydra.utils.instantiate(cfg.solver)  # the solver's own checks (rank, alpha, n_perts...) pass
+    if name == "spsa15_opt13b_sst2_grid":
+        for n_perts in (40, 160, 640):
+            hydra.utils.instantiate(cfg.solver, n_perts=n_perts, batch_size=512)
