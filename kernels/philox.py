@@ -21,6 +21,7 @@ beyond 2^32 parameters never wrap. The key is the 64-bit seed split the same way
 from __future__ import annotations
 
 
+import numpy as np
 import torch
 
 PHILOX_KEY_A = 0x9E3779B9
@@ -39,28 +40,24 @@ TWO_PI = 6.283185307179586
 UNIFORM_SCALE = 2.0 ** -24  # 24 random bits -> exactly representable fp32 uniform
 
 
-def _mul_hi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) 32-bit words of the 64-bit product of the constant `a` and uint32 `b` (in int64)."""
-    p_lo = a * (b & 0xFFFF)          # < 2^48
-    p_hi = a * (b >> 16)             # < 2^48
-    hi = (p_hi + (p_lo >> 16)) >> 16
-    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & MASK32
-    return hi & MASK32, lo
-
-
 def philox4x32(seed: int, c0: torch.Tensor, c1: torch.Tensor | int = 0, c2: torch.Tensor | int = 0,
                c3: torch.Tensor | int = 0, rounds: int = 10) -> tuple[torch.Tensor, ...]:
-    """Philox4x32 with key = 64-bit `seed`; counters and outputs are uint32 values held in int64."""
-    c0 = c0.to(torch.int64) & MASK32
-    c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64, device=c0.device).expand_as(c0) & MASK32
-                  for c in (c1, c2, c3))
-    k0, k1 = seed & MASK32, (seed >> 32) & MASK32
+    """Philox4x32 with key = 64-bit `seed`; counters and outputs are uint32 values held in int64.
+
+    Computed in numpy uint64 (a product of two uint32 fits exactly), which is several times
+    faster on the CPU than emulating the 32-bit high product with int64 torch ops.
+    """
+    device = c0.device
+    words = [np.asarray(c.cpu().numpy() if isinstance(c, torch.Tensor) else c, dtype=np.int64)
+             for c in (c0, c1, c2, c3)]
+    c0, c1, c2, c3 = (np.broadcast_to(w, words[0].shape).astype(np.uint64) & MASK32 for w in words)
+    k0, k1 = np.uint64(seed & MASK32), np.uint64((seed >> 32) & MASK32)
+    ra, rb, mask, shift = np.uint64(PHILOX_ROUND_A), np.uint64(PHILOX_ROUND_B), np.uint64(MASK32), np.uint64(32)
     for _ in range(rounds):
-        hi_b, lo_b = _mul_hi_lo(PHILOX_ROUND_B, c2)
-        hi_a, lo_a = _mul_hi_lo(PHILOX_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0, k1 = (k0 + PHILOX_KEY_A) & MASK32, (k1 + PHILOX_KEY_B) & MASK32
-    return c0, c1, c2, c3
+        pb, pa = rb * c2, ra * c0
+        c0, c1, c2, c3 = (pb >> shift) ^ c1 ^ k0, pb & mask, (pa >> shift) ^ c3 ^ k1, pa & mask
+        k0, k1 = (k0 + np.uint64(PHILOX_KEY_A)) & mask, (k1 + np.uint64(PHILOX_KEY_B)) & mask
+    return tuple(torch.from_numpy(c.astype(np.int64)).to(device) for c in (c0, c1, c2, c3))
 
 
 def _blocks(seed: int, group: torch.Tensor, stream: int) -> torch.Tensor:
