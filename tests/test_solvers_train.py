@@ -20,14 +20,14 @@ pytestmark = pytest.mark.slow  # ~20 forward passes of 8 examples per solver: mi
 
 # (solver, overrides, steps): lr large enough for a few steps to show; everything else the YAML's.
 SOLVERS = [
-    ("mezo", ["solver.lr=3e-3", "solver.eps=1e-2"], 6),
+    ("mezo", ["solver.lr=3e-3", "solver.eps=1e-2"], 4),
     ("spsa", ["solver.lr=3e-3", "solver.eps=1e-2", "solver.n_perts=3"], 2),
     ("spsa15", ["solver.lr=3e-3", "solver.eps=1e-2", "solver.n_perts=3"], 2),
     ("subzero", ["solver.lr=0.3", "solver.eps=1e-2", "solver.rank=4"], 4),
-    ("zo_sgd_momentum", ["solver.lr=1e-3", "solver.eps=1e-2", "solver.momentum=0.5"], 6),
-    ("zo_adam", ["solver.lr=1e-3", "solver.eps=1e-2"], 6),
-    ("fo_sgd", ["solver.lr=1e-1"], 3),
-    ("fo_adam", ["solver.lr=1e-3"], 3),
+    ("zo_sgd_momentum", ["solver.lr=1e-3", "solver.eps=1e-2", "solver.momentum=0.5"], 4),
+    ("zo_adam", ["solver.lr=1e-3", "solver.eps=1e-2"], 4),
+    ("fo_sgd", ["solver.lr=1e-1"], 2),
+    ("fo_adam", ["solver.lr=1e-3"], 2),
 ]
 
 
