@@ -218,7 +218,10 @@ def print_table(summary: Summary, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: wide enough for the full column names
+            console = Console(width=160)
     m = summary.metric
     best_dev = max((r[f"best_dev_{m}"] for r in summary.rows), default=math.nan, key=_nan_low)
     table = Table(title=f"{summary.sweep_dir}  ({len(summary.jobs) - len(summary.failed)}/"
