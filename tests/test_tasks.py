@@ -240,7 +240,7 @@ class BigramLM:
 def test_multiple_choice_scoring_picks_the_likelier_candidate(tokenizer, gold):
     import torch
 
-    from zoexp.objectives import CandidateScorer, ClassificationLoss
+    from zoexp.objectives import CandidateScorer
 
     copa = COPA().render({"premise": "The glass fell.", "choice1": "It broke into pieces.",
                           "choice2": "The cat was asleep.", "question": "effect", "label": gold})
@@ -249,4 +249,4 @@ def test_multiple_choice_scoring_picks_the_likelier_candidate(tokenizer, gold):
     for ex in (copa, record):
         model = BigramLM(tokenizer(full_text(ex, gold))["input_ids"], len(tokenizer))
         scorer = CandidateScorer(model, tokenizer, torch.device("cpu"))
-        assert ClassificationLoss(scorer).predict([ex]) == [gold]
+        assert scorer.score([ex]).argmax(-1).tolist() == [gold]
