@@ -117,7 +117,8 @@ def main() -> None:
         "zoexp move, Rademacher": lambda: engine.move(0, EPS, -EPS),
         "zoexp move, Gaussian": lambda: gaussian.move(0, EPS, -EPS),
     }
-    sweep_ms = {k: statistics.median(time_ms(fn, 5)) for k, fn in sweeps.items()}
+    with torch.no_grad():
+        sweep_ms = {k: statistics.median(time_ms(fn, 5)) for k, fn in sweeps.items()}
 
     ways = {
         "zoexp in place, Rademacher": lambda: ZoexpMeZO(params, loss, "rademacher", exact=False),

@@ -81,6 +81,14 @@ def main() -> None:
     for name, ms in rows:
         print(f"| {name} | {ms:.2f} | {nbytes / ms / 1e6:.0f} | {100 * copy_ms / ms:.0f}% | "
               f"{ms * 12.85e9 / total:.1f} |")
+    print("\nkernel variants (ms):\n\n| GAUSSIAN_W | num_warps | BLOCK | gaussian perturb | gaussian move "
+          "| rademacher restore+update(SR)+next |\n|---:|---:|---:|---:|---:|---:|")
+    for gw, warps, block in [(128, 8, 4096), (128, 4, 4096), (4, 4, 4096), (128, 4, 2048)]:
+        K.GAUSSIAN_W, K.NUM_WARPS_GAUSSIAN, K.NUM_WARPS_RADEMACHER, K.BLOCK = gw, warps, warps, block
+        times = [bench(lambda: K.sweep(tensors, offsets, cases[name][1], cases[name][0]))
+                 for name in ("gaussian perturb", "gaussian move (restore+perturb)",
+                              "rademacher restore+update(stochastic rounding)+next")]
+        print(f"| {gw} | {warps} | {block} | " + " | ".join(f"{t:.2f}" for t in times) + " |")
     print(f"\npacking one Rademacher direction (1 bit/param, {words.numel() * 4 / 1e6:.0f} MB): "
           f"{pack_ms:.2f} ms")
 

@@ -12,7 +12,8 @@ produce the same z however the parameters are split, placed or sharded:
   uniforms in (0, 1) and, by two Box-Muller transforms, four normals; element g takes normal
   `g % 4`. Bits are identical everywhere; the normals agree to float tolerance (libm vs GPU
   log/sin/cos).
-* Stochastic rounding draws its uniform from stream STREAM_ROUNDING, counter `(g, 0, 2, 0)`.
+* Stochastic rounding takes word `g % 4` of counter `(g // 4, 0, STREAM_ROUNDING, 0)` as its
+  uniform.
 
 Counters are 64-bit element-group indices split into (low, high) 32-bit words, so models far
 beyond 2^32 parameters never wrap. The key is the 64-bit seed split the same way.
@@ -109,7 +110,9 @@ def z_reference(seed: int, start: int, n: int, dist: str, device="cpu") -> torch
 
 def rounding_uniform(seed: int, start: int, n: int, device="cpu") -> torch.Tensor:
     """The stochastic-rounding uniforms in (0, 1) for global elements [start, start + n)."""
-    g = torch.arange(start, start + n, dtype=torch.int64, device=device)
-    return uniform_from_bits(philox4x32(seed, g & MASK32, g >> 32, STREAM_ROUNDING)[0])
+    first, last = start // 4, (start + n - 1) // 4
+    group = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+    u = uniform_from_bits(_blocks(seed, group, STREAM_ROUNDING)).flatten()
+    return u[start - 4 * first:start - 4 * first + n]
 
 

@@ -64,11 +64,11 @@ def _apply(x: torch.Tensor, start: int, op: SweepOp, dist: str) -> torch.Tensor:
 
 @torch.no_grad()
 def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: str,
-          out: torch.Tensor | None = None) -> None:
+          out: list[torch.Tensor] | None = None) -> None:
     """Same contract as `kernels.sweep.sweep`."""
-    for x, off in zip(tensors, offsets):
+    for i, (x, off) in enumerate(zip(tensors, offsets)):
         src = x.view(-1)
-        dst = src if out is None else out.view(-1)
+        dst = src if out is None else out[i].view(-1)
         for lo in range(0, src.numel(), CHUNK):
             hi = min(lo + CHUNK, src.numel())
             dst[lo:hi] = _apply(src[lo:hi], off + lo, op, dist)

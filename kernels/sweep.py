@@ -9,9 +9,10 @@ so a fused call is bit-identical to the unfused sequence of calls):
     C  perturb   x <- x + scale_c * z2                     (z2 = z1, or a second seed)
 
 Each program handles BLOCK consecutive elements of the *global* flat index space, aligned to
-128, so the Philox groups (see `kernels.philox`) never straddle programs: Rademacher tiles are
-[BLOCK/128, 128] (one Philox call per row), Gaussian tiles [BLOCK/4, 4] (one call, two
-Box-Muller pairs per row). Large tensors get one launch each (their pointer is a kernel
+128, so the Philox groups (see `kernels.philox`) never straddle programs. Tiles are
+[BLOCK/128, 128]: a Rademacher row takes its 128 signs from one Philox call; a Gaussian row
+makes 32 calls, each giving two Box-Muller pairs, interleaved back into element order with
+`tl.join` (GAUSSIAN_W = 4 selects [BLOCK/4, 4] tiles instead, one call per row). Large tensors get one launch each (their pointer is a kernel
 argument, so Triton can prove 16-byte alignment and vectorise); small tensors of one dtype
 share one launch through a pointer table, which removes hundreds of launches per sweep on an
 LLM. FMA contraction is disabled so the arithmetic rounds exactly like the torch reference.
@@ -23,12 +24,19 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.philox import STREAM_GAUSSIAN, STREAM_RADEMACHER, STREAM_ROUNDING
+from kernels import philox
 from kernels.sweep_op import SweepOp
 
 BLOCK = 4096
+# Globals a @triton.jit function reads must be constexpr.
+STREAM_RADEMACHER = tl.constexpr(philox.STREAM_RADEMACHER)
+STREAM_GAUSSIAN = tl.constexpr(philox.STREAM_GAUSSIAN)
+STREAM_ROUNDING = tl.constexpr(philox.STREAM_ROUNDING)
 ALIGN = 128
 GROUP_MAX_NUMEL = 1 << 22  # tensors below this share one launch
+GAUSSIAN_W = 128  # row width of Gaussian tiles: 128 (join-arranged, 16-byte loads) or 4
+NUM_WARPS_RADEMACHER = 4
+NUM_WARPS_GAUSSIAN = 8  # measured on H100: 6.8 ms vs 8.4 ms with 4 (benchmarks/README.md)
 _MANTISSA = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}
 _MIN_EXP = {torch.bfloat16: -126, torch.float16: -14, torch.float32: -126}
 
@@ -47,23 +55,37 @@ def _uniform(bits):
 
 
 @triton.jit
+def _arrange4(a0, a1, a2, a3, G: tl.constexpr, W: tl.constexpr):
+    """Values of the 4 members of each 4-element group ([G, W // 4] each) -> the [G, W] tile."""
+    if W == 4:
+        col = tl.arange(0, 4)[None, :]
+        return tl.where(col == 0, a0, tl.where(col == 1, a1, tl.where(col == 2, a2, a3)))
+    else:
+        return tl.reshape(tl.join(tl.join(a0, a2), tl.join(a1, a3)), (G, W))
+
+
+@triton.jit
+def _quad_groups(gbase, G: tl.constexpr, W: tl.constexpr):
+    """Index of the 4-element group of each [G, W // 4] slot, for the tile at gbase."""
+    return (gbase // 4 + tl.arange(0, G)[:, None].to(tl.int64) * (W // 4)
+            + tl.arange(0, W // 4)[None, :])
+
+
+@triton.jit
 def _z_tile(seed, packed_ptr, gbase, G: tl.constexpr, W: tl.constexpr, GAUSSIAN: tl.constexpr,
             PACKED: tl.constexpr):
     """z for global elements gbase + [0, G*W) as a [G, W] fp32 tile (gbase a multiple of W)."""
-    group = gbase // W + tl.arange(0, G).to(tl.int64)
-    col = tl.arange(0, W)[None, :]
     if GAUSSIAN:
-        r0, r1, r2, r3 = _philox_words(seed, group, STREAM_GAUSSIAN)
+        r0, r1, r2, r3 = _philox_words(seed, _quad_groups(gbase, G, W), STREAM_GAUSSIAN)
         rad01 = tl.sqrt(-2.0 * tl.log(_uniform(r0)))
         th01 = 6.283185307179586 * _uniform(r1)
         rad23 = tl.sqrt(-2.0 * tl.log(_uniform(r2)))
         th23 = 6.283185307179586 * _uniform(r3)
-        n0 = (rad01 * tl.cos(th01))[:, None]
-        n1 = (rad01 * tl.sin(th01))[:, None]
-        n2 = (rad23 * tl.cos(th23))[:, None]
-        n3 = (rad23 * tl.sin(th23))[:, None]
-        z = tl.where(col == 0, n0, tl.where(col == 1, n1, tl.where(col == 2, n2, n3)))
+        z = _arrange4(rad01 * tl.cos(th01), rad01 * tl.sin(th01), rad23 * tl.cos(th23),
+                      rad23 * tl.sin(th23), G, W)
     else:
+        group = gbase // 128 + tl.arange(0, G).to(tl.int64)
+        col = tl.arange(0, 128)[None, :]
         if PACKED:
             wp = packed_ptr + group * 4
             r0 = tl.load(wp).to(tl.uint32, bitcast=True)
@@ -77,6 +99,13 @@ def _z_tile(seed, packed_ptr, gbase, G: tl.constexpr, W: tl.constexpr, GAUSSIAN:
         bit = (word >> (col & 31).to(tl.uint32)) & 1
         z = 1.0 - 2.0 * bit.to(tl.float32)
     return z
+
+
+@triton.jit
+def _rounding_uniforms(seed, gbase, G: tl.constexpr, W: tl.constexpr):
+    """The stochastic-rounding uniform of each element of the tile (4 per Philox call)."""
+    r0, r1, r2, r3 = _philox_words(seed, _quad_groups(gbase, G, W), STREAM_ROUNDING)
+    return _arrange4(_uniform(r0), _uniform(r1), _uniform(r2), _uniform(r3), G, W)
 
 
 @triton.jit
@@ -123,10 +152,7 @@ def _body(x_ptr, out_ptr, n, gstart, shift, tile, seed1, seed2, packed1, packed2
     if HAS_B:
         y = x * keep + coef * z1
         if SR:
-            g = gbase + rows * W + cols
-            u = _uniform(tl.philox(seed1, (g & 0xFFFFFFFF).to(tl.uint32), (g >> 32).to(tl.uint32),
-                                   (g * 0 + STREAM_ROUNDING).to(tl.uint32), (g * 0).to(tl.uint32))[0])
-            y = _stochastic_round(y, u, MANT, EMIN)
+            y = _stochastic_round(y, _rounding_uniforms(seed1, gbase, G, W), MANT, EMIN)
         x = _round_to(y, elem).to(tl.float32)
     if HAS_C:
         if Z2_SAME:
@@ -145,13 +171,13 @@ def _sweep_one(x_ptr, out_ptr, n, gstart, shift, seed1, seed2, packed1, packed2,
                PACKED1: tl.constexpr, PACKED2: tl.constexpr, MANT: tl.constexpr,
                EMIN: tl.constexpr):
     tile = tl.program_id(0).to(tl.int64)
-    _body(x_ptr, out_ptr, n, gstart.to(tl.int64), shift, tile, seed1, seed2, packed1, packed2,
+    _body(x_ptr, out_ptr, n, gstart, shift, tile, seed1, seed2, packed1, packed2,
           scale_a, keep, coef, scale_c, W, BLOCK_, GAUSSIAN, HAS_A, HAS_B, HAS_C, Z2_SAME, SR,
           PACKED1, PACKED2, MANT, EMIN)
 
 
 @triton.jit
-def _sweep_group(like_ptr, ptr_tab, n_tab, gstart_tab, shift_tab, first_tab, tile_tab,
+def _sweep_group(like_ptr, ptr_tab, n_tab, gstart_tab, shift_tab, first_tab, out_tab, tile_tab,
                  seed1, seed2, packed1, packed2, scale_a, keep, coef, scale_c,
                  W: tl.constexpr, BLOCK_: tl.constexpr, GAUSSIAN: tl.constexpr,
                  HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_C: tl.constexpr,
@@ -160,63 +186,81 @@ def _sweep_group(like_ptr, ptr_tab, n_tab, gstart_tab, shift_tab, first_tab, til
     pid = tl.program_id(0)
     t = tl.load(tile_tab + pid)
     x_ptr = tl.load(ptr_tab + t).to(tl.pointer_type(like_ptr.dtype.element_ty))
+    out_ptr = tl.load(out_tab + t).to(tl.pointer_type(like_ptr.dtype.element_ty))
     tile = (pid - tl.load(first_tab + t)).to(tl.int64)
-    _body(x_ptr, x_ptr, tl.load(n_tab + t), tl.load(gstart_tab + t), tl.load(shift_tab + t), tile,
+    _body(x_ptr, out_ptr, tl.load(n_tab + t), tl.load(gstart_tab + t), tl.load(shift_tab + t), tile,
           seed1, seed2, packed1, packed2, scale_a, keep, coef, scale_c, W, BLOCK_, GAUSSIAN,
           HAS_A, HAS_B, HAS_C, Z2_SAME, SR, PACKED1, PACKED2, MANT, EMIN)
 
 
-def _args(op: SweepOp, dtype: torch.dtype, gaussian: bool, dummy: torch.Tensor) -> tuple[list, dict]:
-    if op.stochastic and dtype not in (torch.bfloat16, torch.float16):
+_DUMMIES: dict[torch.device, torch.Tensor] = {}
+
+
+def _args(op: SweepOp, x: torch.Tensor, gaussian: bool) -> tuple[list, dict]:
+    if op.stochastic and x.dtype not in (torch.bfloat16, torch.float16):
         op = SweepOp(**{**op.__dict__, "stochastic": False})
+    if x.device not in _DUMMIES:
+        _DUMMIES[x.device] = torch.zeros(4, dtype=torch.int32, device=x.device)
+    dummy = _DUMMIES[x.device]
     scalars = [op.seed1, op.seed1 if op.seed2 is None else op.seed2,
                dummy if op.packed1 is None else op.packed1,
                dummy if op.packed2 is None else op.packed2,
                float(op.restore_scale or 0.0), float(1.0 - op.decay), float(op.coef or 0.0),
                float(op.perturb_scale or 0.0)]
-    meta = dict(W=4 if gaussian else 128, BLOCK_=BLOCK, GAUSSIAN=gaussian,
-                HAS_A=op.restore_scale is not None, HAS_B=op.coef is not None,
+    meta = dict(W=GAUSSIAN_W if gaussian else 128, BLOCK_=BLOCK,
+                num_warps=NUM_WARPS_GAUSSIAN if gaussian else NUM_WARPS_RADEMACHER,
+                GAUSSIAN=gaussian, HAS_A=op.restore_scale is not None, HAS_B=op.coef is not None,
                 HAS_C=op.perturb_scale is not None, Z2_SAME=op.seed2 is None and op.packed2 is None,
                 SR=op.stochastic and op.coef is not None, PACKED1=op.packed1 is not None,
-                PACKED2=op.packed2 is not None, MANT=_MANTISSA[dtype], EMIN=_MIN_EXP[dtype],
+                PACKED2=op.packed2 is not None, MANT=_MANTISSA[x.dtype], EMIN=_MIN_EXP[x.dtype],
                 enable_fp_fusion=False)
     return scalars, meta
 
 
 def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: str,
-          out: torch.Tensor | None = None) -> None:
-    """Apply `op` in place to each contiguous tensor whose z starts at `offsets[i]` in the flat
-    space; with `out` (one tensor only), write the result there and leave the input untouched."""
+          out: list[torch.Tensor] | None = None) -> None:
+    """Apply `op` to each contiguous tensor whose z starts at `offsets[i]` in the flat space:
+    in place, or into `out[i]` (same shape and dtype) leaving the inputs untouched."""
     gaussian = dist == "gaussian"
-    small: dict[torch.dtype, list[tuple[torch.Tensor, int]]] = {}
-    for x, off in zip(tensors, offsets):
+    small: dict[torch.dtype, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
+    for i, (x, off) in enumerate(zip(tensors, offsets)):
         if x.numel() == 0:
             continue
-        if out is None and x.numel() < GROUP_MAX_NUMEL:
-            small.setdefault(x.dtype, []).append((x, off))
+        dst = x if out is None else out[i]
+        if x.numel() < GROUP_MAX_NUMEL:
+            small.setdefault(x.dtype, []).append((x, off, dst))
             continue
-        dummy = x.new_empty(4, dtype=torch.int32)
-        scalars, meta = _args(op, x.dtype, gaussian, dummy)
+        scalars, meta = _args(op, x, gaussian)
         shift = off % ALIGN
         grid = (triton.cdiv(x.numel() + shift, BLOCK),)
-        _sweep_one[grid](x, x if out is None else out, x.numel(), off - shift, shift, *scalars,
-                         **meta)
-    for dtype, group in small.items():
-        _sweep_grouped(group, op, gaussian)
+        _sweep_one[grid](x, dst, x.numel(), off - shift, shift, *scalars, **meta)
+    for group in small.values():
+        table, tile_tab, n_tiles = _group_tables(group)
+        scalars, meta = _args(op, group[0][0], gaussian)
+        _sweep_group[(n_tiles,)](group[0][0], *table, tile_tab, *scalars, **meta)
 
 
-def _sweep_grouped(group: list[tuple[torch.Tensor, int]], op: SweepOp, gaussian: bool) -> None:
-    device = group[0][0].device
-    tiles = [triton.cdiv(x.numel() + off % ALIGN, BLOCK) for x, off in group]
-    first = [sum(tiles[:i]) for i in range(len(tiles))]
-    table = torch.tensor([[x.data_ptr(), x.numel(), off - off % ALIGN, off % ALIGN, f]
-                          for (x, off), f in zip(group, first)], dtype=torch.int64).t().contiguous()
-    tile_tab = torch.repeat_interleave(torch.arange(len(group), dtype=torch.int32),
-                                       torch.tensor(tiles)).to(device)
-    table = table.to(device)
-    like = group[0][0]
-    scalars, meta = _args(op, like.dtype, gaussian, like.new_empty(4, dtype=torch.int32))
-    _sweep_group[(sum(tiles),)](like, *table, tile_tab, *scalars, **meta)
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+
+def _group_tables(group: list[tuple[torch.Tensor, int, torch.Tensor]]
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Device tables (pointer, numel, gstart, shift, first tile, output pointer; tile ->
+    tensor) for a group, cached by address and layout so a sweep never waits on a
+    host-to-device copy."""
+    key = tuple((x.data_ptr(), x.numel(), off, d.data_ptr()) for x, off, d in group)
+    key += (str(group[0][0].device),)
+    if key not in _TABLES:
+        device = group[0][0].device
+        tiles = [triton.cdiv(x.numel() + off % ALIGN, BLOCK) for x, off, _ in group]
+        first = [sum(tiles[:i]) for i in range(len(tiles))]
+        table = torch.tensor([[x.data_ptr(), x.numel(), off - off % ALIGN, off % ALIGN, f,
+                               d.data_ptr()] for (x, off, d), f in zip(group, first)],
+                             dtype=torch.int64)
+        tile_tab = torch.repeat_interleave(torch.arange(len(group), dtype=torch.int32),
+                                           torch.tensor(tiles))
+        _TABLES[key] = (table.t().contiguous().to(device), tile_tab.to(device), sum(tiles))
+    return _TABLES[key]
 
 
 @triton.jit

@@ -81,10 +81,12 @@ def test_kernel_matches_reference(dtype, dist, grouped, monkeypatch):
 
 
 @pytest.mark.parametrize("dist", DISTS)
-def test_kernel_z_equals_reference_z(dist):
+@pytest.mark.parametrize("gaussian_w", [4, 128])
+def test_kernel_z_equals_reference_z(dist, gaussian_w, monkeypatch):
+    monkeypatch.setattr(K, "GAUSSIAN_W", gaussian_w)
     out = torch.empty(3000, device=DEVICE)
     K.sweep([torch.zeros(3000, device=DEVICE)], [1000003], SweepOp(seed1=11, perturb_scale=1.0),
-            dist, out=out)
+            dist, out=[out])
     ref = z_reference(11, 1000003, 3000, dist)
     if dist == "rademacher":
         assert torch.equal(out.cpu(), ref)
