@@ -71,6 +71,9 @@ class Task:
                 raise ConfigError(f"task.{key}", f"got {value!r}; allowed: an integer {allowed}")
         if k_shot is not None and (not isinstance(k_shot, int) or k_shot < 1):
             raise ConfigError("task.k_shot", f"got {k_shot!r}; allowed: null or an integer >= 1")
+        if k_shot is not None and self.label_column is None:
+            raise ConfigError("task.k_shot", f"got {k_shot}; {self.name} has no label column to sample "
+                              f"per class; allowed: null")
         if data_dir is None and data_root and (Path(data_root) / self.name).is_dir():
             data_dir = str(Path(data_root) / self.name)  # a local copy wins over the hub
         if data_dir is not None and not Path(data_dir).is_dir():
@@ -104,7 +107,12 @@ class Task:
             ds = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path),
                                        split="train", **kwargs)
         else:
-            ds = datasets.load_dataset(*self.hub_path, split=split)
+            try:
+                ds = datasets.load_dataset(*self.hub_path, split=split)
+            except (ConnectionError, OSError, ValueError) as exc:  # offline node, unknown name
+                raise ConfigError("task.data_dir", f"cannot load {'/'.join(self.hub_path)} ({split}) from the "
+                                  f"hub: {str(exc).strip().splitlines()[0]}; allowed: a reachable hub, "
+                                  f"task.data_dir=<folder> or <data_root>/{self.name}/") from None
         missing = [c for c in self.required_columns if c not in ds.column_names]
         if missing:
             raise ConfigError("task.data_dir" if self.data_dir else "task",

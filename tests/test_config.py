@@ -71,3 +71,12 @@ def test_preflight_names_group_and_allowed_options():
     assert message.startswith("error: solver: no option 'nope'; allowed: ") and "mezo" in message
     assert check_group_overrides(["solver=mezo,zeroshot", "solver.lr=1e-5", "hydra/launcher=x"]) is None
     assert "'bad'" in check_group_overrides(["-m", "solver=mezo,bad"])
+
+
+def test_bare_flags_move_before_the_overrides():
+    """`python main.py solver=spsa15 task=sst2 -m solver.n_perts=40,160` as users type it."""
+    from zoexp.cli import flags_first
+
+    args = ["solver=spsa15", "task=sst2", "-m", "solver.n_perts=40,160,640"]
+    assert flags_first(args) == ["-m", "solver=spsa15", "task=sst2", "solver.n_perts=40,160,640"]
+    assert flags_first(["a=1", "--cfg", "job"]) == ["a=1", "--cfg", "job"]  # valued flags keep their value

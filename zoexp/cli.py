@@ -40,9 +40,21 @@ def check_group_overrides(args: list[str], conf_dir: Path = CONF_DIR) -> str | N
     return None
 
 
-def preflight(args: list[str] | None = None) -> None:
-    """Exit with status 2 and one line on stderr if a group override names an unknown option."""
-    message = check_group_overrides(sys.argv[1:] if args is None else args)
+# Hydra's flags that take no value: argparse stops collecting overrides at the first of them,
+# so `python main.py solver=spsa15 -m solver.n_perts=40,160` would reject the last override.
+BARE_FLAGS = ("-m", "--multirun", "-r", "--run")
+
+
+def flags_first(args: list[str]) -> list[str]:
+    """Move Hydra's bare flags before the overrides, keeping every other order as typed."""
+    return [a for a in args if a in BARE_FLAGS] + [a for a in args if a not in BARE_FLAGS]
+
+
+def preflight() -> None:
+    """Normalise sys.argv for Hydra, then exit with status 2 and one line on stderr if a
+    group override names an unknown option."""
+    sys.argv[1:] = flags_first(sys.argv[1:])
+    message = check_group_overrides(sys.argv[1:])
     if message:
         print(message, file=sys.stderr)
         raise SystemExit(2)
