@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import hydra
@@ -45,12 +46,26 @@ def read_records(path: Path) -> list:
     return records
 
 
+def complete_records(path: Path, timeout: float = 60.0) -> list:
+    """The records once the run's exit record is on disk: wandb-core writes the file
+    asynchronously, and after finish() of a second run in one process it may still be empty."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = read_records(path)
+        except Exception:  # noqa: BLE001 - a record still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def offline_run(run_dir: Path) -> dict:
     """{'id', 'group', 'name', 'job_type', 'config', 'history', 'summary', 'metrics', 'exit'} of one run."""
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
     out = {"config": {}, "history": [], "summary": {}, "metrics": {}, "exit": None}
-    for record in read_records(files[0]):
+    for record in complete_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run
