@@ -32,7 +32,7 @@ install_packages() {
   say "installing slurm-wlm and munge"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends slurm-wlm munge procps
+  apt-get install -y -q slurm-wlm munge
 }
 
 # The config this host should run; written only when it differs from the one in place.
