@@ -119,6 +119,9 @@ def main() -> None:
     }
     with torch.no_grad():
         sweep_ms = {k: statistics.median(time_ms(fn, 5)) for k, fn in sweeps.items()}
+    # An engine keeps aliases of the parameter storages; drop them before the reference way
+    # replaces those storages (`p.data = ...`), or the old ones would stay allocated.
+    del engine, gaussian, sweeps
 
     ways = {
         "zoexp in place, Rademacher": lambda: ZoexpMeZO(params, loss, "rademacher", exact=False),
@@ -133,6 +136,7 @@ def main() -> None:
         step = statistics.median(time_ms(solver.step, args.steps, warmup=2))
         peak = peak_gib(solver.step)
         solver.close()
+        del solver
         results.append((name, step, peak))
         print(f"{name}: {step:.1f} ms, peak {peak:.2f} GiB", flush=True)
 

@@ -18,8 +18,8 @@ _MANTISSA = {torch.bfloat16: 7, torch.float16: 10}
 _MIN_EXP = {torch.bfloat16: -126, torch.float16: -14}
 
 
-def _f32(v: float) -> torch.Tensor:
-    return torch.tensor(v, dtype=torch.float32)
+def _scalar(v: float, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(v, dtype=dtype)
 
 
 def _z(seed: int, packed: torch.Tensor | None, start: int, n: int, dist: str, device) -> torch.Tensor:
@@ -42,23 +42,25 @@ def stochastic_round(y: torch.Tensor, u: torch.Tensor, dtype: torch.dtype) -> to
 
 
 def _apply(x: torch.Tensor, start: int, op: SweepOp, dist: str) -> torch.Tensor:
-    """The swept values of the flat chunk x (global elements [start, start + len(x)))."""
+    """The swept values of the flat chunk x (global elements [start, start + len(x))), computed
+    in fp32 like the kernels (fp64 parameters, which the kernels do not take, in fp64)."""
     n, device, dtype = x.numel(), x.device, x.dtype
-    y = x.to(torch.float32)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    y = x.to(acc)
     need_z1 = op.restore_scale is not None or op.coef is not None or (
         op.seed2 is None and op.packed2 is None)
-    z1 = _z(op.seed1, op.packed1, start, n, dist, device) if need_z1 else None
+    z1 = _z(op.seed1, op.packed1, start, n, dist, device).to(acc) if need_z1 else None
     if op.restore_scale is not None:
-        y = (y - _f32(op.restore_scale) * z1).to(dtype).to(torch.float32)
+        y = (y - _scalar(op.restore_scale, acc) * z1).to(dtype).to(acc)
     if op.coef is not None:
-        y = y * _f32(1.0 - op.decay) + _f32(op.coef) * z1
+        y = y * _scalar(1.0 - op.decay, acc) + _scalar(op.coef, acc) * z1
         if op.stochastic and dtype in _MANTISSA:
             y = stochastic_round(y, rounding_uniform(op.seed1, start, n, device), dtype)
-        y = y.to(dtype).to(torch.float32)
+        y = y.to(dtype).to(acc)
     if op.perturb_scale is not None:
         z2 = z1 if op.seed2 is None and op.packed2 is None else _z(
-            op.seed1 if op.seed2 is None else op.seed2, op.packed2, start, n, dist, device)
-        y = y + _f32(op.perturb_scale) * z2
+            op.seed1 if op.seed2 is None else op.seed2, op.packed2, start, n, dist, device).to(acc)
+        y = y + _scalar(op.perturb_scale, acc) * z2
     return y.to(dtype)
 
 

@@ -57,6 +57,7 @@ from kernels.sweep_op import SweepOp
 
 DISTS = ("gaussian", "rademacher")
 BACKENDS = ("auto", "triton", "torch")
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # others use the torch reference
 # Tensor methods that read metadata only: a perturbed parameter answers them unperturbed.
 _METADATA = frozenset({
     "size", "dim", "numel", "nelement", "stride", "data_ptr", "is_contiguous", "element_size",
@@ -80,10 +81,12 @@ class PackedDirection:
 
 
 def _backend(name: str, params: Sequence[torch.Tensor]):
-    """The kernel module for `name`: Triton on CUDA (or under TRITON_INTERPRET=1), else torch."""
+    """The kernel module for `name`: Triton on CUDA (or under TRITON_INTERPRET=1) for 16/32-bit
+    floats, else the torch reference."""
     if name == "auto":
         on_cuda = bool(params) and all(p.is_cuda for p in params)
-        name = "triton" if on_cuda and _triton_available() else "torch"
+        supported = all(p.dtype in _KERNEL_DTYPES for p in params)
+        name = "triton" if on_cuda and supported and _triton_available() else "torch"
     if name == "triton":
         if not _triton_available():
             raise RuntimeError("backend='triton' needs the triton package")
