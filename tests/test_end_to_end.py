@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 import yaml
 
-from tasks.sst2 import SST2
 from tests.conftest import run_main
-from zoexp.objectives import CandidateScorer, build_objective
-from zoexp.solvers.mezo import MeZO
 
 TINY = ["solver.steps=4", "solver.eval_every=2", "solver.batch_size=4", "task.num_train=16",
         "task.num_dev=8", "task.num_eval=8"]
@@ -47,25 +42,3 @@ def test_multirun_gives_each_job_its_own_files(tmp_path, sst2_dir):
         assert float(cfg["solver"]["lr"]) == lr
         assert (sweep / job / "metrics.jsonl").stat().st_size > 0
         assert json.loads((sweep / job / "summary.json").read_text())["steps"] == 4
-
-
-def test_mezo_lowers_the_training_loss(default_model, sst2_dir):
-    """40 MeZO steps on 32 SST-2 training examples lower their loss (fixed seeds).
-
-    The prompt " It was" -> terrible / great starts heavily biased toward " great", a
-    direction ZO finds quickly; the check is on the whole fixed set, not a noisy batch."""
-    bundle = default_model
-    start = [p.detach().clone() for p in bundle.params]
-    task = SST2(data_dir=str(sst2_dir), num_train=32, num_dev=0, num_eval=1, seed=0)
-    train = task.sample()["train"]
-    objective = build_objective("classification", CandidateScorer(bundle.model, bundle.tokenizer, bundle.device), task)
-    before = objective.loss(train)
-    solver = MeZO(steps=40, batch_size=16, lr=1e-4, eps=1e-3, seed=0)
-    solver.setup(bundle.params, objective, train)
-    for step in range(solver.steps):
-        solver.step(train[(step % 2) * 16 : (step % 2 + 1) * 16], step)
-    after = objective.loss(train)
-    with torch.no_grad():
-        for p, saved in zip(bundle.params, start):
-            p.copy_(saved)  # leave the shared fixture as it was
-    assert after < before - 0.05, (before, after)

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 
 class Checkpointer:
@@ -44,3 +48,29 @@ class Checkpointer:
         if self.trajectory_path.exists():
             lines = self.trajectory_path.read_text().splitlines(keepends=True)
             self.trajectory_path.write_text("".join(l for l in lines if json.loads(l)["step"] < steps))
+
+
+class RunDirGuard(Callback):
+    """Refuse a directory that holds a finished run, before Hydra writes anything into it.
+
+    Hydra rewrites `<run dir>/.hydra/` before the task function starts, so the check must run
+    in `on_run_start` / `on_multirun_start`. A requeued job (same dir, no summary yet) passes
+    through neither hook and resumes from its checkpoint.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.run.dir)
+        if (run_dir / "summary.json").exists():
+            self._refuse("hydra.run.dir", f"{run_dir} already holds a finished run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        done = sorted(p.parent.name for p in sweep_dir.glob("*/summary.json"))
+        if done:
+            self._refuse("hydra.sweep.dir", f"{sweep_dir} already holds finished jobs {done}")
+
+    @staticmethod
+    def _refuse(field: str, message: str) -> None:
+        print(f"error: {field}: {message}; allowed: a new directory (the default is per-date/time)"
+              " -- results are never overwritten", file=sys.stderr)
+        sys.exit(2)

@@ -32,6 +32,8 @@ class LoopState:
     best_step: int = -1
     best_params: list | None = None
     wall_time_s: float = 0.0
+    computed_tokens: int = 0  # padded tokens of training batches, for the padding ratio
+    real_tokens: int = 0
     history: list = field(default_factory=list)  # (step, dev metric) pairs
 
 
@@ -118,6 +120,8 @@ class Loop:
                 computed, real = scorer.computed_tokens, scorer.real_tokens
                 result = solver.step(batch, step)
                 state.fwd_passes += scorer.forward_passes - before
+                state.computed_tokens += scorer.computed_tokens - computed
+                state.real_tokens += scorer.real_tokens - real
                 ratio = (scorer.computed_tokens - computed) / max(scorer.real_tokens - real, 1)
                 self.checkpointer.record(step, result.record)
                 state.step = step + 1
@@ -147,7 +151,7 @@ class Loop:
             "fwd_passes": state.fwd_passes,
             "wall_time_s": round(state.wall_time_s, 2),
             "peak_mem_gb": round(peak_memory_gb(self.device), 3),
-            "padding_ratio": round(scorer.padding_ratio(), 4),
+            "padding_ratio": round(state.computed_tokens / max(state.real_tokens, 1), 4),
         }
         self.tracker.log({f"test_{k}": v for k, v in test.items()} | {"fwd_passes": state.fwd_passes}, state.step)
         self.tracker.summary(summary)

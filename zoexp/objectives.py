@@ -139,9 +139,6 @@ class CandidateScorer:
         texts = self.tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
         return [t.split(stop, 1)[0] if stop else t for t in texts]
 
-    def padding_ratio(self) -> float:
-        return self.computed_tokens / max(self.real_tokens, 1)
-
 
 class Objective:
     """Base: `loss(examples)` -> float without autograd (what ZO solvers call);

@@ -63,12 +63,6 @@ def prepare(cfg: DictConfig) -> dict:
     return {"device": device, "task": task, "solver": solver, "peft": peft_config, "data": data}
 
 
-def _check_fresh_run_dir(run_dir: Path) -> None:
-    if (run_dir / "summary.json").exists():
-        raise ConfigError("hydra.run.dir", f"{run_dir} already holds a finished run; allowed: a new "
-                          f"directory (the default is per-date/time) — results are never overwritten")
-
-
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     from zoexp.checkpoint import Checkpointer
     from zoexp.loop import Loop
@@ -76,7 +70,6 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     from zoexp.objectives import CandidateScorer, build_objective
     from zoexp.tracking import Tracker
 
-    _check_fresh_run_dir(run_dir)
     parts = prepare(cfg)
     torch.manual_seed(cfg.hardware.seed)
     bundle = load_model(cfg.model.name, cfg.model.dtype, parts["device"], parts["peft"],
