@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of kernels.sweep
 
 from kernels.philox import z_reference  # noqa: E402
-from zoexp.perturb import PerturbationEngine  # noqa: E402
+from zoexp.perturb import ExactDirections, PerturbationEngine  # noqa: E402
 
 LOW = (torch.bfloat16, torch.float16)
 
@@ -164,6 +164,52 @@ def test_misuse_is_reported():
     engine.restore(1, 1e-3)
     with pytest.raises(ValueError):
         engine.pack(1)   # Gaussian directions cannot be packed
+
+
+class _LowRank:
+    """Seeded rank-2 directions U S V^T for matrices (like SubZero's), updated in place."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def direction(self, seed, index):
+        p, g = self.params[index], torch.Generator().manual_seed(seed * 100 + index)
+        if p.dim() != 2:
+            return torch.randn(p.shape, generator=g)
+        u, s, v = (torch.randn(p.shape[0], 2, generator=g), torch.randn(2, 2, generator=g),
+                   torch.randn(p.shape[1], 2, generator=g))
+        return u @ s @ v.T
+
+    @torch.no_grad()
+    def update(self, seed, coef, decay=0.0):
+        for i, p in enumerate(self.params):
+            p.copy_(((1 - decay) * p.float() + coef * self.direction(seed, i)).to(p.dtype))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_exact_directions_wrap_low_rank_directions(dtype):
+    torch.manual_seed(0)
+    model = _Float32Linear(8, 4).to(dtype)
+    params = list(model.parameters())
+    start = [p.detach().clone() for p in params]
+    low_rank = _LowRank(params)
+    exact = ExactDirections(params, low_rank)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        exact.perturb(5, 1e-2)
+        got = model(x)
+        exact.restore(5, 1e-2)
+        manual = copy.deepcopy(model)
+        for i, p in enumerate(manual.parameters()):
+            p.copy_((p.float() + torch.tensor(1e-2) * low_rank.direction(5, i)).to(dtype))
+        assert torch.equal(got, manual(x))
+        for seed in range(200):
+            exact.perturb(seed, 1e-3)
+            model(x)
+            exact.move(seed, 1e-3, -1e-3)
+            model(x)
+            exact.restore_and_update(seed, -1e-3, 0.0)
+    assert all(torch.equal(p, s) for p, s in zip(params, start))
 
 
 def test_backend_is_torch_on_cpu():

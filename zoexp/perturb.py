@@ -151,6 +151,27 @@ def _virtual_class(base: type) -> type:
     return _VIRTUAL_CLASSES[base]
 
 
+def _swap_in(params: Sequence[torch.Tensor], owner) -> list[type]:
+    """Make every read of `params` go through `owner._materialize`; returns the old classes."""
+    classes = [type(p) for p in params]
+    for i, p in enumerate(params):
+        p._zo_engine, p._zo_index = owner, i
+        p.__class__ = _virtual_class(type(p))
+    return classes
+
+
+def _swap_out(params: Sequence[torch.Tensor], classes: list[type]) -> None:
+    for p, cls in zip(params, classes):
+        p.__class__ = cls
+        del p._zo_engine, p._zo_index
+
+
+def _check_active(active, seed, scale: float) -> None:
+    if active != (seed, float(scale)):
+        raise RuntimeError(f"restore({seed}, {scale}) does not match the active perturbation "
+                           f"{active}")
+
+
 class PerturbationEngine:
     """Applies seeded directions to a fixed list of parameter tensors (see module doc)."""
 
@@ -289,18 +310,11 @@ class PerturbationEngine:
                            [self.offsets[i] for i in self._cached], self._active_op, self.dist,
                            out=outs)
         self._cache = dict(zip(self._cached, outs))
-        self._classes = [type(p) for p in self.params]
-        for i, p in enumerate(self.params):
-            p._zo_engine, p._zo_index = self, i
-            p.__class__ = _virtual_class(type(p))
+        self._classes = _swap_in(self.params, self)
 
     def _deactivate(self, seed: int | PackedDirection, scale: float) -> None:
-        if self.active != (seed, float(scale)):
-            raise RuntimeError(f"restore({seed}, {scale}) does not match the active "
-                               f"perturbation {self.active}")
-        for p, cls in zip(self.params, self._classes):
-            p.__class__ = cls
-            del p._zo_engine, p._zo_index
+        _check_active(self.active, seed, scale)
+        _swap_out(self.params, self._classes)
         self.active, self._active_op, self._cache = None, None, {}
 
     def _materialize(self, index: int) -> torch.Tensor:
@@ -311,3 +325,56 @@ class PerturbationEngine:
         out = torch.empty_like(raw)
         self.kernels.sweep([raw], [self.offsets[index]], self._active_op, self.dist, out=[out])
         return out
+
+
+class ExactDirections:
+    """Bit-exact perturb / move / restore for any directions object with `direction(seed, i)`
+    and `update(seed, coef, decay)` -- e.g. SubZero's low-rank Z = U S V^T.
+
+    The same virtual perturbation as `PerturbationEngine(exact=True)`: while a perturbation is
+    active, a read of parameter i sees rnd(theta_i + scale * direction(seed, i)) (computed in
+    fp32, rounded once); the stored weights change only through `update`, which is delegated.
+    A reference in torch: it allocates the direction and the perturbed copy of one tensor.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], directions) -> None:
+        self.params, self.directions = list(params), directions
+        self._raw = [torch.Tensor._make_subclass(torch.Tensor, p.detach(), False)
+                     for p in self.params]
+        self.active: tuple[int, float] | None = None
+        self._classes: list[type] = []
+
+    @torch.no_grad()
+    def perturb(self, seed: int, scale: float) -> None:
+        if self.active is not None:
+            raise RuntimeError("a perturbation is already active; restore or move it")
+        self.active = (seed, float(scale))
+        self._classes = _swap_in(self.params, self)
+
+    @torch.no_grad()
+    def restore(self, seed: int, scale: float) -> None:
+        _check_active(self.active, seed, scale)
+        _swap_out(self.params, self._classes)
+        self.active = None
+
+    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
+        self.restore(seed, old_scale)
+        self.perturb(seed, new_scale)
+
+    def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
+        if self.active is not None:
+            raise RuntimeError("update() while a perturbation is active; restore it first")
+        self.directions.update(seed, coef, decay)
+
+    def restore_and_update(self, seed: int, scale: float, coef: float, decay: float = 0.0) -> None:
+        self.restore(seed, scale)
+        self.update(seed, coef, decay)
+
+    def direction(self, seed: int, index: int) -> torch.Tensor:
+        return self.directions.direction(seed, index)
+
+    def _materialize(self, index: int) -> torch.Tensor:
+        seed, scale = self.active
+        raw = self._raw[index]
+        z = self.directions.direction(seed, index)
+        return (raw.float() + torch.tensor(scale, dtype=torch.float32) * z).to(raw.dtype)
