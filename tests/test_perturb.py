@@ -212,6 +212,15 @@ def test_exact_directions_wrap_low_rank_directions(dtype):
     assert all(torch.equal(p, s) for p, s in zip(params, start))
 
 
+def test_engine_follows_replaced_storage():
+    """`p.data = ...` (e.g. `module.to`) after the engine is built: updates reach the new data."""
+    p = nn.Parameter(torch.zeros(10))
+    engine = PerturbationEngine([p])
+    p.data = torch.ones(10)
+    engine.update(1, 0.0, decay=0.5)
+    assert torch.equal(p.detach(), torch.full((10,), 0.5))
+
+
 def test_backend_is_torch_on_cpu():
     from kernels import reference
     engine = PerturbationEngine([torch.zeros(3)])

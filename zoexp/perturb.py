@@ -166,6 +166,20 @@ def _swap_out(params: Sequence[torch.Tensor], classes: list[type]) -> None:
         del p._zo_engine, p._zo_index
 
 
+def _alias(p: torch.Tensor) -> torch.Tensor:
+    """A plain tensor sharing p's storage: kernels write through it and never trigger a
+    materialisation."""
+    return torch.Tensor._make_subclass(torch.Tensor, p.detach(), False)
+
+
+def _refresh(aliases: list[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Re-alias parameters whose storage was replaced since (`p.data = ...`, `module.to`)."""
+    for i, p in enumerate(params):
+        if aliases[i].data_ptr() != p.data_ptr():
+            aliases[i] = _alias(p)
+    return aliases
+
+
 def _check_active(active, seed, scale: float) -> None:
     if active != (seed, float(scale)):
         raise RuntimeError(f"restore({seed}, {scale}) does not match the active perturbation "
@@ -194,10 +208,7 @@ class PerturbationEngine:
         self.offsets = list(offsets)
         self.numel = max((o + p.numel() for o, p in zip(self.offsets, self.params)), default=0)
         self.kernels = _backend(backend, self.params)
-        # Plain aliases of the same storage: the kernels write through these, never through a
-        # swapped class, so they can never trigger a materialisation.
-        self._raw = [torch.Tensor._make_subclass(torch.Tensor, p.detach(), False)
-                     for p in self.params]
+        self._raw = [_alias(p) for p in self.params]
         self.active: tuple[int | PackedDirection, float] | None = None
         self._classes: list[type] = []
         self._active_op: SweepOp | None = None
@@ -298,12 +309,13 @@ class PerturbationEngine:
         return SweepOp(seed1=int(seed), stochastic=self.stochastic_rounding, **kw)
 
     def _sweep(self, op: SweepOp) -> None:
-        self.kernels.sweep(self._raw, self.offsets, op, self.dist)
+        self.kernels.sweep(_refresh(self._raw, self.params), self.offsets, op, self.dist)
 
     def _activate(self, seed: int | PackedDirection, scale: float) -> None:
         if self.active is not None:
             raise RuntimeError("a perturbation is already active; restore or move it")
         self.active = (seed, float(scale))
+        _refresh(self._raw, self.params)
         self._active_op = SweepOp(**{**self._op(seed).__dict__, "perturb_scale": float(scale)})
         outs = [torch.empty_like(self._raw[i]) for i in self._cached]
         self.kernels.sweep([self._raw[i] for i in self._cached],
@@ -339,8 +351,7 @@ class ExactDirections:
 
     def __init__(self, params: Sequence[torch.Tensor], directions) -> None:
         self.params, self.directions = list(params), directions
-        self._raw = [torch.Tensor._make_subclass(torch.Tensor, p.detach(), False)
-                     for p in self.params]
+        self._raw = [_alias(p) for p in self.params]
         self.active: tuple[int, float] | None = None
         self._classes: list[type] = []
 
@@ -349,6 +360,7 @@ class ExactDirections:
         if self.active is not None:
             raise RuntimeError("a perturbation is already active; restore or move it")
         self.active = (seed, float(scale))
+        _refresh(self._raw, self.params)
         self._classes = _swap_in(self.params, self)
 
     @torch.no_grad()
