@@ -51,15 +51,20 @@ def main() -> None:
     ]
     del src, dst
     words = K.pack_rademacher(1, -(-total // 128), "cuda")
+    step = dict(seed1=1, restore_scale=1e-3, coef=1e-6, perturb_scale=1e-3, seed2=2)
     cases = {
         "rademacher perturb": ("rademacher", SweepOp(seed1=1, perturb_scale=1e-3)),
-        "rademacher move (restore+perturb)": ("rademacher", SweepOp(seed1=1, restore_scale=1e-3, perturb_scale=-1e-3)),
-        "rademacher restore+update+next perturb": ("rademacher", SweepOp(seed1=1, restore_scale=1e-3, coef=1e-6, perturb_scale=1e-3, seed2=2)),
-        "rademacher restore+update(stochastic rounding)+next": ("rademacher", SweepOp(seed1=1, restore_scale=1e-3, coef=1e-6, stochastic=True, perturb_scale=1e-3, seed2=2)),
-        "rademacher perturb, packed 1-bit direction": ("rademacher", SweepOp(seed1=1, packed1=words, perturb_scale=1e-3)),
+        "rademacher move (restore+perturb)":
+            ("rademacher", SweepOp(seed1=1, restore_scale=1e-3, perturb_scale=-1e-3)),
+        "rademacher restore+update+next perturb": ("rademacher", SweepOp(**step)),
+        "rademacher restore+update(stochastic rounding)+next":
+            ("rademacher", SweepOp(**step, stochastic=True)),
+        "rademacher perturb, packed 1-bit direction":
+            ("rademacher", SweepOp(seed1=1, packed1=words, perturb_scale=1e-3)),
         "gaussian perturb": ("gaussian", SweepOp(seed1=1, perturb_scale=1e-3)),
-        "gaussian move (restore+perturb)": ("gaussian", SweepOp(seed1=1, restore_scale=1e-3, perturb_scale=-1e-3)),
-        "gaussian restore+update+next perturb": ("gaussian", SweepOp(seed1=1, restore_scale=1e-3, coef=1e-6, perturb_scale=1e-3, seed2=2)),
+        "gaussian move (restore+perturb)":
+            ("gaussian", SweepOp(seed1=1, restore_scale=1e-3, perturb_scale=-1e-3)),
+        "gaussian restore+update+next perturb": ("gaussian", SweepOp(**step)),
     }
     for name, (dist, op) in cases.items():
         rows.append((f"zoexp {name}", bench(lambda: K.sweep(tensors, offsets, op, dist))))

@@ -53,7 +53,8 @@ def philox4x32(seed: int, c0: torch.Tensor, c1: torch.Tensor | int = 0, c2: torc
              for c in (c0, c1, c2, c3)]
     c0, c1, c2, c3 = (np.broadcast_to(w, words[0].shape).astype(np.uint64) & MASK32 for w in words)
     k0, k1 = np.uint64(seed & MASK32), np.uint64((seed >> 32) & MASK32)
-    ra, rb, mask, shift = np.uint64(PHILOX_ROUND_A), np.uint64(PHILOX_ROUND_B), np.uint64(MASK32), np.uint64(32)
+    ra, rb = np.uint64(PHILOX_ROUND_A), np.uint64(PHILOX_ROUND_B)
+    mask, shift = np.uint64(MASK32), np.uint64(32)
     for _ in range(rounds):
         pb, pa = rb * c2, ra * c0
         c0, c1, c2, c3 = (pb >> shift) ^ c1 ^ k0, pb & mask, (pa >> shift) ^ c3 ^ k1, pa & mask

@@ -12,10 +12,16 @@ Each program handles BLOCK consecutive elements of the *global* flat index space
 128, so the Philox groups (see `kernels.philox`) never straddle programs. Tiles are
 [BLOCK/128, 128]: a Rademacher row takes its 128 signs from one Philox call; a Gaussian row
 makes 32 calls, each giving two Box-Muller pairs, interleaved back into element order with
-`tl.join` (GAUSSIAN_W = 4 selects [BLOCK/4, 4] tiles instead, one call per row). Large tensors get one launch each (their pointer is a kernel
+`tl.join` (GAUSSIAN_W = 4 selects [BLOCK/4, 4] tiles instead, one call per row: 11x slower
+for a Gaussian move on H100). Large tensors get one launch each (their pointer is a kernel
 argument, so Triton can prove 16-byte alignment and vectorise); small tensors of one dtype
 share one launch through a pointer table, which removes hundreds of launches per sweep on an
-LLM. FMA contraction is disabled so the arithmetic rounds exactly like the torch reference.
+LLM. FMA contraction is disabled so the arithmetic rounds exactly like the torch reference,
+and bf16 rounding is done by hand (the Triton interpreter truncates instead of rounding).
+
+`pack_rademacher` / `unpack_rademacher` store a Rademacher direction at 1 bit per element:
+the packed words are exactly the Philox outputs, so a sweep can read them instead of
+recomputing them (PACKED1/PACKED2); on H100 regeneration is the faster of the two.
 """
 
 from __future__ import annotations
