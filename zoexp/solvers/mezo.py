@@ -12,16 +12,22 @@ from zoexp.solvers.base import Solver, StepResult, check
 
 
 class MeZO(Solver):
-    def __init__(self, eps: float = 1e-3, dist: str = "gaussian", **kwargs) -> None:
+    def __init__(self, eps: float = 1e-3, dist: str = "gaussian", exact: bool = True,
+                 stochastic_rounding: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.eps", isinstance(eps, (int, float)) and eps > 0, eps, "a number > 0")
         check("solver.dist", dist in DISTS, dist, str(list(DISTS)))
+        check("solver.exact", isinstance(exact, bool), exact, "true or false")
+        check("solver.stochastic_rounding", isinstance(stochastic_rounding, bool), stochastic_rounding,
+              "true or false")
         self.eps, self.dist = float(eps), dist
+        self.exact, self.stochastic_rounding = exact, stochastic_rounding
         self.engine: PerturbationEngine | None = None
 
     def setup(self, params, objective, train_examples=()) -> None:
         super().setup(params, objective, train_examples)
-        self.engine = PerturbationEngine(self.params, dist=self.dist)
+        self.engine = PerturbationEngine(self.params, dist=self.dist, exact=self.exact,
+                                         stochastic_rounding=self.stochastic_rounding)
 
     def step(self, batch, step: int) -> StepResult:
         seed, eps, engine = self.direction_seed(step), self.eps, self.engine
