@@ -151,7 +151,7 @@ class Loop:
             "fwd_passes": state.fwd_passes,
             "wall_time_s": round(state.wall_time_s, 2),
             "peak_mem_gb": round(peak_memory_gb(self.device), 3),
-            "padding_ratio": round(state.computed_tokens / max(state.real_tokens, 1), 4),
+            "padding_ratio": round(state.computed_tokens / state.real_tokens, 4) if state.real_tokens else None,
         }
         self.tracker.log({f"test_{k}": v for k, v in test.items()} | {"fwd_passes": state.fwd_passes}, state.step)
         self.tracker.summary(summary)

@@ -31,6 +31,17 @@ def check(field_name: str, ok: bool, got, allowed: str) -> None:
         raise ConfigError(field_name, f"got {got!r}; allowed: {allowed}")
 
 
+def engine_options(dist: str, exact: bool, stochastic_rounding: bool) -> dict:
+    """Validated PerturbationEngine options shared by the seeded-direction ZO solvers."""
+    from zoexp.perturb import DISTS
+
+    check("solver.dist", dist in DISTS, dist, str(list(DISTS)))
+    check("solver.exact", isinstance(exact, bool), exact, "true or false")
+    check("solver.stochastic_rounding", isinstance(stochastic_rounding, bool), stochastic_rounding,
+          "true or false")
+    return {"dist": dist, "exact": exact, "stochastic_rounding": stochastic_rounding}
+
+
 def derive_seed(base: int, *keys: int) -> int:
     """A 31-bit seed that is a pure function of (base seed, step, direction...): resumable, replayable."""
     digest = hashlib.blake2b(":".join(map(str, (base, *keys))).encode(), digest_size=4).digest()

@@ -7,8 +7,8 @@ Two forward passes, and no tensor the size of the parameters is ever allocated.
 
 from __future__ import annotations
 
-from zoexp.perturb import DISTS, PerturbationEngine
-from zoexp.solvers.base import Solver, StepResult, check
+from zoexp.perturb import PerturbationEngine
+from zoexp.solvers.base import Solver, StepResult, check, engine_options
 
 
 class MeZO(Solver):
@@ -16,18 +16,13 @@ class MeZO(Solver):
                  stochastic_rounding: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.eps", isinstance(eps, (int, float)) and eps > 0, eps, "a number > 0")
-        check("solver.dist", dist in DISTS, dist, str(list(DISTS)))
-        check("solver.exact", isinstance(exact, bool), exact, "true or false")
-        check("solver.stochastic_rounding", isinstance(stochastic_rounding, bool), stochastic_rounding,
-              "true or false")
-        self.eps, self.dist = float(eps), dist
-        self.exact, self.stochastic_rounding = exact, stochastic_rounding
+        self.eps = float(eps)
+        self.engine_options = engine_options(dist, exact, stochastic_rounding)
         self.engine: PerturbationEngine | None = None
 
     def setup(self, params, objective, train_examples=()) -> None:
         super().setup(params, objective, train_examples)
-        self.engine = PerturbationEngine(self.params, dist=self.dist, exact=self.exact,
-                                         stochastic_rounding=self.stochastic_rounding)
+        self.engine = PerturbationEngine(self.params, **self.engine_options)
 
     def step(self, batch, step: int) -> StepResult:
         seed, eps, engine = self.direction_seed(step), self.eps, self.engine

@@ -6,16 +6,17 @@ divides the estimate's variance by n at n times the forward passes.
 
 from __future__ import annotations
 
-from zoexp.perturb import DISTS, PerturbationEngine
-from zoexp.solvers.base import check
+from zoexp.perturb import PerturbationEngine
+from zoexp.solvers.base import engine_options
 from zoexp.solvers.zo import ZOSolver
 
 
 class SPSA(ZOSolver):
-    def __init__(self, dist: str = "gaussian", **kwargs) -> None:
+    def __init__(self, dist: str = "gaussian", exact: bool = True, stochastic_rounding: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        check("solver.dist", dist in DISTS, dist, str(list(DISTS)))
+        self.engine_options = engine_options(dist, exact, stochastic_rounding)
         self.dist = dist
 
     def make_directions(self) -> PerturbationEngine:
-        return PerturbationEngine(self.params, dist=self.dist)
+        return PerturbationEngine(self.params, **self.engine_options)
