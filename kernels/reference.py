@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.philox import (RADEMACHER_GROUP, rademacher_words, rounding_uniform, unpack_signs,
-                            z_reference)
+from kernels.philox import RADEMACHER_GROUP, rounding_uniform, unpack_signs, z_reference
 from kernels.sweep_op import SweepOp
 
 CHUNK = 1 << 20

@@ -45,3 +45,16 @@ def run_main(*overrides: str, timeout: int = 900) -> subprocess.CompletedProcess
            "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "main.py", *overrides], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+def assert_fails_early(tmp_path: Path, overrides: list[str], expected: str, allowed: str) -> None:
+    """`python main.py <overrides>` exits non-zero with one stderr line naming the field and the
+    allowed values, before the model loads, leaving no run directory behind."""
+    run_dir = tmp_path / "run"
+    proc = run_main(*overrides, f"hydra.run.dir={run_dir}", timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0] and allowed in lines[0], lines[0]
+    assert "trainable parameters" not in proc.stderr + proc.stdout  # the model never loaded
+    assert not run_dir.exists()  # nothing half-written

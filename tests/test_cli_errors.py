@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_main
+from tests.conftest import assert_fails_early, run_main
 
 CASES = [
     (["solver=nope"], "solver: no option 'nope'; allowed: ", "mezo"),
@@ -21,14 +21,7 @@ CASES = [
 
 @pytest.mark.parametrize("overrides,expected,allowed", CASES, ids=[c[0][0] for c in CASES])
 def test_bad_input_fails_with_one_line(tmp_path, overrides, expected, allowed):
-    run_dir = tmp_path / "run"
-    proc = run_main(*overrides, f"hydra.run.dir={run_dir}", timeout=300)
-    assert proc.returncode != 0
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and expected in lines[0] and allowed in lines[0], lines[0]
-    assert "trainable parameters" not in proc.stderr + proc.stdout  # the model never loaded
-    assert not run_dir.exists()  # nothing half-written
+    assert_fails_early(tmp_path, overrides, expected, allowed)
 
 
 def test_missing_column_names_the_column(tmp_path):

@@ -3,11 +3,10 @@ before the model loads; and the user's 1.5-SPSA sweep command completes its thre
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
-from tests.conftest import run_main
+from tests.conftest import assert_fails_early, run_main
 
 CASES = [
     (["solver=spsa", "solver.n_perts=0"], "solver.n_perts: got 0", ">= 1"),
@@ -26,14 +25,7 @@ CASES = [
 
 @pytest.mark.parametrize("overrides,expected,allowed", CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_bad_hyperparameter_fails_with_one_line_before_the_model_loads(tmp_path, overrides, expected, allowed):
-    run_dir = tmp_path / "run"
-    proc = run_main(*overrides, f"hydra.run.dir={run_dir}", timeout=300)
-    assert proc.returncode != 0
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and expected in lines[0] and allowed in lines[0], lines[0]
-    assert "trainable parameters" not in proc.stderr + proc.stdout  # the model never loaded
-    assert not run_dir.exists()
+    assert_fails_early(tmp_path, overrides, expected, allowed)
 
 
 @pytest.mark.slow  # 81 + 321 + 1281 forward passes of one short prompt
