@@ -22,14 +22,14 @@ import yaml
 
 from tests.conftest import ROOT, run_main
 
-STEPS = 10
+STEPS = 120  # long enough that a requeue lands mid-run on an idle machine
 NOT_REPRODUCIBLE = {"wall_time_s", "peak_mem_gb"}  # timing/memory of this process
 
 
 def tiny(sst2_dir: Path) -> list[str]:
     """A short prompt-tuning run that checkpoints every 2 steps."""
     return ["hardware=cpu", "peft=prompt", f"task.data_dir={sst2_dir}", f"solver.steps={STEPS}",
-            "solver.batch_size=2", "solver.eval_every=5", "solver.lr=1e-2", "task.num_train=8",
+            "solver.batch_size=2", "solver.eval_every=40", "solver.lr=1e-2", "task.num_train=8",
             "task.num_dev=4", "task.num_eval=4", "checkpoint_every=2"]
 
 

@@ -25,7 +25,6 @@ def test_three_job_sweep_on_slurm(sst2_dir, tmp_path) -> None:
     proc = run_main("-m", "hydra/launcher=slurm", "hardware=cpu", "hardware.cpus_per_task=1", "hardware.mem_gb=3",
                     "peft=prompt", f"task.data_dir={sst2_dir}", "solver.steps=2", "solver.batch_size=2",
                     "solver.eval_every=0", "task.num_train=4", "task.num_dev=4", "task.num_eval=4",
-                    "+hydra.callbacks.summary._target_=zoexp.summarize.SummaryCallback",
                     f"solver.lr={','.join(map(str, LRS))}", f"hydra.sweep.dir={sweep}", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
