@@ -7,24 +7,16 @@ F1, which is what the MeZO paper reports for DROP):
     Passage: {passage}\\nQuestion: {question}\\nAnswer:{ answer}\\n
 """
 
-from typing import Sequence
-
-from tasks.base import Example, Task
-from tasks.squad import STOP, gold_answers, generation_scores
+from tasks.base import Example
+from tasks.squad import STOP, GenerationTask, gold_answers
 
 
-class DROP(Task):
+class DROP(GenerationTask):
     name = "drop"
-    kind = "generation"
-    metric = "f1"
     hub_path = ("drop",)
     required_columns = ("passage", "question", "answers_spans")
-    label_column = None
 
     def render(self, row: dict) -> Example:
         answers = gold_answers(self, row, "answers_spans", "spans")
         prompt = f"Passage: {row['passage']}\nQuestion: {row['question'].strip()}\nAnswer:"
         return Example(prompt=prompt, candidates=(f" {answers[0]}{STOP}",), label=0, answers=answers)
-
-    def score(self, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
-        return generation_scores(predictions, examples)

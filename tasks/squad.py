@@ -35,18 +35,24 @@ def generation_scores(predictions: Sequence, examples: Sequence[Example]) -> dic
     return qa_scores([p.split(STOP, 1)[0].strip() for p in predictions], [ex.answers for ex in examples])
 
 
-class SQuAD(Task):
-    name = "squad"
+class GenerationTask(Task):
+    """Free-text answers: the gold answer (plus the stop string) is the one candidate, the
+    metric is F1 / exact match of the generated string."""
+
     kind = "generation"
     metric = "f1"
+    label_column = None
+
+    def score(self, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
+        return generation_scores(predictions, examples)
+
+
+class SQuAD(GenerationTask):
+    name = "squad"
     hub_path = ("squad",)
     required_columns = ("title", "context", "question", "answers")
-    label_column = None
 
     def render(self, row: dict) -> Example:
         answers = gold_answers(self, row, "answers", "text")
         prompt = f"Title: {row['title']}\nContext: {row['context']}\nQuestion: {row['question'].strip()}\nAnswer:"
         return Example(prompt=prompt, candidates=(f" {answers[0]}{STOP}",), label=0, answers=answers)
-
-    def score(self, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
-        return generation_scores(predictions, examples)
