@@ -29,6 +29,12 @@ def padding_ratio(lengths: Sequence[int]) -> float:
     return len(lengths) * max(lengths) / sum(lengths)
 
 
+def length_sorted(lengths: Sequence[int]) -> list[int]:
+    """Evaluation order: longest first, so batches of neighbours barely pad (and an
+    out-of-memory batch shows up at the start, not after minutes)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 class LengthGroupedBatches:
     """Deterministic batch sampler: `batch(step)` -> the example indices of that step."""
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tasks.base import Example, Task
-from zoexp.batching import LengthGroupedBatches
+from zoexp.batching import LengthGroupedBatches, length_sorted
 from zoexp.checkpoint import Checkpointer
 from zoexp.objectives import Objective
 from zoexp.solvers.base import Solver
@@ -50,9 +50,9 @@ class Loop:
                  eval_batch_size: int = 32, group_by_length: bool = True, keep_best: bool = True) -> None:
         self.solver, self.objective, self.task, self.data = solver, objective, task, data
         self.tracker, self.checkpointer, self.device = tracker, checkpointer, device
-        self.eval_batch_size, self.keep_best = eval_batch_size, keep_best
+        self.eval_batch_size, self.keep_best, self.group_by_length = eval_batch_size, keep_best, group_by_length
         scorer = objective.scorer
-        lengths = [len(scorer._ids(ex.prompt, True)) for ex in data["train"]]
+        lengths = [scorer.prompt_length(ex) for ex in data["train"]]
         self.batches = LengthGroupedBatches(lengths, solver.batch_size, seed=seed, group=group_by_length)
         self.state = LoopState()
 
@@ -62,9 +62,14 @@ class Loop:
         examples = self.solver.eval_examples(self.data[split])
         if not examples:
             return {}
-        preds = []
+        order = list(range(len(examples)))
+        if self.group_by_length:  # sorted batches pad far less; predictions go back in data order
+            order = length_sorted([self.objective.scorer.prompt_length(ex) for ex in examples])
+        preds: list = [None] * len(examples)
         for start in range(0, len(examples), self.eval_batch_size):
-            preds += self.objective.predict(examples[start : start + self.eval_batch_size])
+            chunk = order[start : start + self.eval_batch_size]
+            for i, pred in zip(chunk, self.objective.predict([examples[i] for i in chunk])):
+                preds[i] = pred
         return self.task.score(preds, examples)
 
     def _snapshot(self) -> list[torch.Tensor]:

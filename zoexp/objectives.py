@@ -53,6 +53,10 @@ class CandidateScorer:
             self._cache[key] = self.tokenizer(text, add_special_tokens=prefix)["input_ids"]
         return self._cache[key]
 
+    def prompt_length(self, example: Example) -> int:
+        """Tokens of an example's prompt: the key for length-grouped batching."""
+        return len(self._ids(example.prompt, True))
+
     def _pad(self, seqs: list[list[int]]) -> Encoded:
         """Left-pad, so every sequence ends at the last position: the logits needed (answer
         position, candidate span) sit in the last few columns and the LM head runs only there."""
