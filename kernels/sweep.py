@@ -12,8 +12,9 @@ Each program handles BLOCK consecutive elements of the *global* flat index space
 128, so the Philox groups (see `kernels.philox`) never straddle programs. Tiles are
 [BLOCK/128, 128]: a Rademacher row takes its 128 signs from one Philox call; a Gaussian row
 makes 32 calls, each giving two Box-Muller pairs, interleaved back into element order with
-`tl.join` (GAUSSIAN_W = 4 selects [BLOCK/4, 4] tiles instead, one call per row: 11x slower
-for a Gaussian move on H100). Large tensors get one launch each (their pointer is a kernel
+`tl.join` (GAUSSIAN_W = 4 selects [BLOCK/4, 4] tiles instead, one call per row: 3.7x slower
+for a Gaussian move on H100). On the GPU the Box-Muller angle goes through the hardware's
+approximate sin/cos (to ~2e-6 of the reference, see `_z_tile`). Large tensors get one launch each (their pointer is a kernel
 argument, so Triton can prove 16-byte alignment and vectorise); small tensors of one dtype
 share one launch through a pointer table, which removes hundreds of launches per sweep on an
 LLM. FMA contraction is disabled so the arithmetic rounds exactly like the torch reference,
@@ -26,9 +27,12 @@ recomputing them (PACKED1/PACKED2); on H100 regeneration is the faster of the tw
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from kernels import philox
 from kernels.sweep_op import SweepOp
@@ -42,7 +46,9 @@ ALIGN = 128
 GROUP_MAX_NUMEL = 1 << 22  # tensors below this share one launch
 GAUSSIAN_W = 128  # row width of Gaussian tiles: 128 (join-arranged, 16-byte loads) or 4
 NUM_WARPS_RADEMACHER = 4
-NUM_WARPS_GAUSSIAN = 8  # measured on H100: 6.8 ms vs 8.4 ms with 4 (benchmarks/README.md)
+NUM_WARPS_GAUSSIAN = 4  # measured on H100 with fast sin/cos (benchmarks/README.md)
+# The GPU's approximate sin/cos (MUFU); the interpreter (CPU tests) has no libdevice.
+FAST_TRIG = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
 _MANTISSA = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}
 _MIN_EXP = {torch.bfloat16: -126, torch.float16: -14, torch.float32: -126}
 
@@ -82,13 +88,20 @@ def _z_tile(seed, packed_ptr, gbase, G: tl.constexpr, W: tl.constexpr, GAUSSIAN:
             PACKED: tl.constexpr):
     """z for global elements gbase + [0, G*W) as a [G, W] fp32 tile (gbase a multiple of W)."""
     if GAUSSIAN:
+        # Box-Muller with the angle taken in [-pi, pi): cos(2 pi u) = -cos(2 pi (u - 1/2)) (and
+        # sin alike) is the same z, and in that range the hardware's fast sin/cos are accurate
+        # to ~2e-6 (1.5x faster perturb, 2.2x with two seeds on H100; benchmarks/README.md).
         r0, r1, r2, r3 = _philox_words(seed, _quad_groups(gbase, G, W), STREAM_GAUSSIAN)
-        rad01 = tl.sqrt(-2.0 * tl.log(_uniform(r0)))
-        th01 = 6.283185307179586 * _uniform(r1)
-        rad23 = tl.sqrt(-2.0 * tl.log(_uniform(r2)))
-        th23 = 6.283185307179586 * _uniform(r3)
-        z = _arrange4(rad01 * tl.cos(th01), rad01 * tl.sin(th01), rad23 * tl.cos(th23),
-                      rad23 * tl.sin(th23), G, W)
+        rad01 = -tl.sqrt(-2.0 * tl.log(_uniform(r0)))
+        th01 = 6.283185307179586 * (_uniform(r1) - 0.5)
+        rad23 = -tl.sqrt(-2.0 * tl.log(_uniform(r2)))
+        th23 = 6.283185307179586 * (_uniform(r3) - 0.5)
+        if FAST_TRIG:
+            c01, s01 = libdevice.fast_cosf(th01), libdevice.fast_sinf(th01)
+            c23, s23 = libdevice.fast_cosf(th23), libdevice.fast_sinf(th23)
+        else:
+            c01, s01, c23, s23 = tl.cos(th01), tl.sin(th01), tl.cos(th23), tl.sin(th23)
+        z = _arrange4(rad01 * c01, rad01 * s01, rad23 * c23, rad23 * s23, G, W)
     else:
         group = gbase // 128 + tl.arange(0, G).to(tl.int64)
         if PACKED:
