@@ -5,10 +5,10 @@ memory are its own), with steps = budget // forward passes per step (mezo 2, sps
 zo_* 2 n_perts, spsa15 2 n_perts + 1, fo_* 1 forward + 1 backward; zeroshot / icl 0), and the
 row is read back from the run's summary.json. Prints (and with --out writes) a markdown table.
 
-    python benchmarks/solvers.py [--budget 20] [--batch-size 4] [--num-dev 16] [--num-eval 48]
+    python benchmarks/solvers.py [--budget 200] [--batch-size 16] [--num-dev 200] [--num-eval 1000]
 
-The defaults fit a shared 2-core CPU (a forward of 4 SST-2 prompts is seconds there); on a GPU
-use e.g. --budget 400 --batch-size 16 --num-dev 200 --num-eval 200.
+With the defaults (the README table) all ten runs take ~35 min on an idle 2-core CPU; a
+smoke run is --budget 20 --batch-size 4 --num-dev 16 --num-eval 48.
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=20, help="forward passes per training solver")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--num-dev", type=int, default=16)
-    parser.add_argument("--num-eval", type=int, default=48)
+    parser.add_argument("--budget", type=int, default=200, help="forward passes per training solver")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-dev", type=int, default=200)
+    parser.add_argument("--num-eval", type=int, default=1000)
     parser.add_argument("--solvers", default=",".join(SOLVERS), help="comma-separated subset")
     parser.add_argument("--out", type=Path, help="also write the table (and rows as JSON) here")
     args = parser.parse_args()
