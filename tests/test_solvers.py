@@ -128,7 +128,7 @@ def subzero(rank=2, update_interval=3):
 
 def test_subzero_perturbation_is_rank_r_in_orthonormal_bases():
     solver, _ = subzero(rank=2)
-    d = solver.directions
+    d = solver.low_rank
     d.use_subspace(0)
     u, v = d.bases[0]
     torch.testing.assert_close(u.T @ u, torch.eye(2), atol=1e-5, rtol=0)
@@ -146,7 +146,7 @@ def test_subzero_bases_change_exactly_every_update_interval():
     bases = []
     for step in range(9):
         solver.step([None], step)
-        bases.append(solver.directions.bases[0][0].clone())
+        bases.append(solver.low_rank.bases[0][0].clone())
     for step in range(1, 9):
         same = torch.equal(bases[step], bases[step - 1])
         assert same == (step % 3 != 0), step
@@ -157,18 +157,26 @@ def test_subzero_rank_larger_than_a_layer_is_a_config_error():
         subzero(rank=6)  # the 6 x 5 matrix has rank <= 5
 
 
-def test_subzero_replay_matches_the_step():
+@pytest.mark.parametrize("exact", [True, False])
+def test_subzero_replay_matches_the_step(exact):
     solver, _ = subzero()
+    solver.exact = exact
+    solver.directions = solver.make_directions()
     start = [p.detach().clone() for p in solver.params]
     records = [solver.step([None], s).record for s in range(5)]
     trained = [p.detach().clone() for p in solver.params]
+    assert not torch.equal(trained[0], start[0])
     with torch.no_grad():
         for p, s in zip(solver.params, start):
             p.copy_(s)
     for r in records:
         solver.replay(json.loads(json.dumps(r)))
-    for p, t in zip(solver.params, trained):  # in-place perturb/restore: float drift only
-        torch.testing.assert_close(p.detach(), t, rtol=0, atol=1e-6)
+    replayed = [p.detach() for p in solver.params]
+    if exact:  # virtual perturbation: the update is the only write, as in the replay
+        assert all(torch.equal(p, t) for p, t in zip(replayed, trained))
+    else:      # in-place perturb / restore: float drift only
+        for p, t in zip(replayed, trained):
+            torch.testing.assert_close(p, t, rtol=0, atol=1e-6)
 
 
 # ---- replay and forward passes -------------------------------------------------------------

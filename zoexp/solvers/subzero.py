@@ -7,9 +7,11 @@ matrices get a plain Gaussian. U, V and S are pure functions of (seed, step, par
 generated on the CPU with torch's generator, so directions do not depend on the device and a
 step replays from (subspace index, seed, coefficient).
 
-The directions here are plain torch: each perturbation is applied in place (float rounding
-can leave an ulp of drift after restore, unlike the engine's virtual perturbation) and
-allocates one temporary the size of the layer being perturbed.
+The directions are plain torch and allocate one temporary the size of the layer being
+perturbed. With `exact=True` (default) they go through `ExactDirections`, the engine's virtual
+perturbation: stored weights change only in the update, so restores are bit-exact and a run
+replays bit-exactly from its trajectory; `exact=False` adds and subtracts in place (float
+rounding can leave an ulp of drift per perturb / restore cycle).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Sequence
 import torch
 
 from zoexp.errors import ConfigError
+from zoexp.perturb import ExactDirections
 from zoexp.solvers.base import StepResult, check, derive_seed
 from zoexp.solvers.zo import ZOSolver
 
@@ -83,7 +86,7 @@ class LowRankDirections:
 
 class SubZero(ZOSolver):
     def __init__(self, rank: int = 8, update_interval: int = 1000, lora_rank: int | None = None,
-                 **kwargs) -> None:
+                 exact: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.rank", isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1, rank,
               "an integer >= 1")
@@ -92,21 +95,24 @@ class SubZero(ZOSolver):
         # LoRA matrices are r x n and m x r: a larger SubZero rank is known to fail before loading.
         check("solver.rank", lora_rank is None or rank <= lora_rank, rank,
               f"1..{lora_rank} (peft=lora matrices have rank {lora_rank})")
-        self.rank, self.update_interval = rank, update_interval
+        check("solver.exact", isinstance(exact, bool), exact, "true or false")
+        self.rank, self.update_interval, self.exact = rank, update_interval, exact
+        self.low_rank: LowRankDirections | None = None
 
-    def make_directions(self) -> LowRankDirections:
-        return LowRankDirections(self.params, self.rank, self.seed)
+    def make_directions(self) -> LowRankDirections | ExactDirections:
+        self.low_rank = LowRankDirections(self.params, self.rank, self.seed)
+        return ExactDirections(self.params, self.low_rank) if self.exact else self.low_rank
 
     def subspace_index(self, step: int) -> int:
         return step // self.update_interval
 
     def step(self, batch, step: int) -> StepResult:
-        self.directions.use_subspace(self.subspace_index(step))
+        self.low_rank.use_subspace(self.subspace_index(step))
         return super().step(batch, step)
 
     def make_record(self, step: int, seeds: list[int], grads: list[float]) -> dict:
         return {"subspace": self.subspace_index(step), **super().make_record(step, seeds, grads)}
 
     def replay(self, record: dict) -> None:
-        self.directions.use_subspace(record["subspace"])
+        self.low_rank.use_subspace(record["subspace"])
         super().replay(record)
