@@ -254,7 +254,6 @@ def write_files(summary: Summary, out: Path) -> dict[str, Path]:
     paths = {"jobs.csv": out / "jobs.csv", "summary.csv": out / "summary.csv", "summary.md": out / "summary.md"}
     pd.DataFrame(job_rows).to_csv(paths["jobs.csv"], index=False)
     pd.DataFrame(summary.rows).to_csv(paths["summary.csv"], index=False)
-    m = summary.metric
     lines = [f"# Sweep {summary.sweep_dir}", "",
              "| " + " | ".join(_columns(summary)) + " |",
              "|" + "---|" * len(_columns(summary))]
