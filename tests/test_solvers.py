@@ -119,6 +119,30 @@ def test_spsa_estimate_is_unbiased_and_variance_falls_like_one_over_n(dist):
     assert 2.5 < mse[1] / mse[4] < 6.5 and 2.5 < mse[4] / mse[16] < 6.5
 
 
+# ---- chained probes --------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_chained_probes_equal_separate_perturb_move_restore(dtype):
+    """probe_all fuses direction k's restore with k+1's perturbation (one sweep in place): the
+    losses and the weights it leaves are bit-identical to perturb / move / restore per direction."""
+    start = torch.linspace(-1, 1, 1000).to(dtype) * 0.37
+    solver, objective = make(SPSA, params=[torch.nn.Parameter(start.clone())], n_perts=5,
+                             eps=1e-2, exact=False)
+    seeds, plus, minus = solver.probe_all([None], 3)
+    chained = solver.params[0].detach().clone()
+    sep, sep_obj = make(SPSA, params=[torch.nn.Parameter(start.clone())], n_perts=5, eps=1e-2,
+                        exact=False)
+    d, eps, expected = sep.directions, 1e-2, []
+    for seed in seeds:
+        d.perturb(seed, eps)
+        f_plus = sep_obj.loss(None)
+        d.move(seed, eps, -eps)
+        expected.append((f_plus, sep_obj.loss(None)))
+        d.restore(seed, -eps)
+    assert list(zip(plus, minus)) == expected
+    assert torch.equal(chained, sep.params[0].detach())
+    assert objective.scorer.forward_passes == 10
+
+
 # ---- SubZero ---------------------------------------------------------------------------
 def subzero(rank=2, update_interval=3):
     params = [torch.nn.Parameter(torch.randn(6, 5, generator=torch.Generator().manual_seed(1))),

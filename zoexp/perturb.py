@@ -386,6 +386,12 @@ class ExactDirections:
         self.restore(seed, scale)
         self.update(seed, coef, decay)
 
+    def restore_update_perturb(self, seed: int, scale: float, coef: float, decay: float = 0.0,
+                               next_seed: int | None = None, next_scale: float = 0.0) -> None:
+        self.restore_and_update(seed, scale, coef, decay)
+        if next_seed is not None:
+            self.perturb(next_seed, next_scale)
+
     def direction(self, seed: int, index: int) -> torch.Tensor:
         return self.directions.direction(seed, index)
 

@@ -83,6 +83,13 @@ class LowRankDirections:
         if coef != 0.0 or decay != 0.0:
             self._add(seed, coef, decay)
 
+    def restore_update_perturb(self, seed: int, scale: float, coef: float, decay: float = 0.0,
+                               next_seed: int | None = None, next_scale: float = 0.0) -> None:
+        self.restore(seed, scale)
+        self.update(seed, coef, decay)
+        if next_seed is not None:
+            self.perturb(next_seed, next_scale)
+
 
 class SubZero(ZOSolver):
     def __init__(self, rank: int = 8, update_interval: int = 1000, lora_rank: int | None = None,

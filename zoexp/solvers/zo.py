@@ -19,6 +19,8 @@ class Directions(Protocol):
     def perturb(self, seed: int, scale: float) -> None: ...
     def move(self, seed: int, old_scale: float, new_scale: float) -> None: ...
     def restore(self, seed: int, scale: float) -> None: ...
+    def restore_update_perturb(self, seed: int, scale: float, coef: float, decay: float = 0.0,
+                               next_seed: int | None = None, next_scale: float = 0.0) -> None: ...
     def update(self, seed: int, coef: float, decay: float = 0.0) -> None: ...
     def direction(self, seed: int, index: int) -> torch.Tensor: ...
 
@@ -51,20 +53,23 @@ class ZOSolver(Solver):
     def seeds(self, step: int) -> list[int]:
         return [self.direction_seed(step, k) for k in range(self.n_perts)]
 
-    def probe(self, batch, seed: int) -> tuple[float, float]:
-        """(f(theta + eps z), f(theta - eps z)) on `batch`; theta is restored afterwards."""
-        d, eps = self.directions, self.eps
-        d.perturb(seed, eps)
-        loss_plus = self.objective.loss(batch)
-        d.move(seed, eps, -eps)
-        loss_minus = self.objective.loss(batch)
-        d.restore(seed, -eps)
-        return loss_plus, loss_minus
-
     def probe_all(self, batch, step: int) -> tuple[list[int], list[float], list[float]]:
-        seeds = self.seeds(step)
-        pairs = [self.probe(batch, s) for s in seeds]
-        return seeds, [p for p, _ in pairs], [m for _, m in pairs]
+        """(seeds, f(theta + eps z_k), f(theta - eps z_k)) on `batch`; theta restored afterwards.
+
+        Direction k's restore and direction k+1's perturbation are one call (one sweep in
+        place): 2 n + 1 sweeps per step instead of 3 n, with the same weights bit for bit."""
+        d, eps, seeds = self.directions, self.eps, self.seeds(step)
+        plus, minus = [], []
+        d.perturb(seeds[0], eps)
+        for k, seed in enumerate(seeds):
+            plus.append(self.objective.loss(batch))
+            d.move(seed, eps, -eps)
+            minus.append(self.objective.loss(batch))
+            if k + 1 < len(seeds):
+                d.restore_update_perturb(seed, -eps, 0.0, next_seed=seeds[k + 1], next_scale=eps)
+            else:
+                d.restore(seed, -eps)
+        return seeds, plus, minus
 
     # ---- update --------------------------------------------------------------------------------
     def apply(self, seeds: Sequence[int], coefs: Sequence[float], decay: float) -> None:
