@@ -343,7 +343,26 @@ class PerturbationEngine:
         return out
 
 
-class ExactDirections:
+class ComposedVerbs:
+    """The fused verbs of the engine (`move`, `restore_and_update`, `restore_update_perturb`)
+    as their unfused sequences, for directions objects that have no fused sweep to offer."""
+
+    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
+        self.restore(seed, old_scale)
+        self.perturb(seed, new_scale)
+
+    def restore_and_update(self, seed: int, scale: float, coef: float, decay: float = 0.0) -> None:
+        self.restore(seed, scale)
+        self.update(seed, coef, decay)
+
+    def restore_update_perturb(self, seed: int, scale: float, coef: float, decay: float = 0.0,
+                               next_seed: int | None = None, next_scale: float = 0.0) -> None:
+        self.restore_and_update(seed, scale, coef, decay)
+        if next_seed is not None:
+            self.perturb(next_seed, next_scale)
+
+
+class ExactDirections(ComposedVerbs):
     """Bit-exact perturb / move / restore for any directions object with `direction(seed, i)`
     and `update(seed, coef, decay)` -- e.g. SubZero's low-rank Z = U S V^T.
 
@@ -373,24 +392,10 @@ class ExactDirections:
         _swap_out(self.params, self._classes)
         self.active = None
 
-    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
-        self.restore(seed, old_scale)
-        self.perturb(seed, new_scale)
-
     def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
         if self.active is not None:
             raise RuntimeError("update() while a perturbation is active; restore it first")
         self.directions.update(seed, coef, decay)
-
-    def restore_and_update(self, seed: int, scale: float, coef: float, decay: float = 0.0) -> None:
-        self.restore(seed, scale)
-        self.update(seed, coef, decay)
-
-    def restore_update_perturb(self, seed: int, scale: float, coef: float, decay: float = 0.0,
-                               next_seed: int | None = None, next_scale: float = 0.0) -> None:
-        self.restore_and_update(seed, scale, coef, decay)
-        if next_seed is not None:
-            self.perturb(next_seed, next_scale)
 
     def direction(self, seed: int, index: int) -> torch.Tensor:
         return self.directions.direction(seed, index)

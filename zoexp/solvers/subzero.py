@@ -21,12 +21,12 @@ from typing import Sequence
 import torch
 
 from zoexp.errors import ConfigError
-from zoexp.perturb import ExactDirections
+from zoexp.perturb import ComposedVerbs, ExactDirections
 from zoexp.solvers.base import StepResult, check, derive_seed
 from zoexp.solvers.zo import ZOSolver
 
 
-class LowRankDirections:
+class LowRankDirections(ComposedVerbs):
     """Seeded SubZero directions over a list of parameters (the engine's verbs, in torch)."""
 
     def __init__(self, params: Sequence[torch.Tensor], rank: int, seed: int) -> None:
@@ -82,13 +82,6 @@ class LowRankDirections:
     def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
         if coef != 0.0 or decay != 0.0:
             self._add(seed, coef, decay)
-
-    def restore_update_perturb(self, seed: int, scale: float, coef: float, decay: float = 0.0,
-                               next_seed: int | None = None, next_scale: float = 0.0) -> None:
-        self.restore(seed, scale)
-        self.update(seed, coef, decay)
-        if next_seed is not None:
-            self.perturb(next_seed, next_scale)
 
 
 class SubZero(ZOSolver):
