@@ -22,7 +22,7 @@ import statistics
 
 import torch
 
-from zoexp.bench import DTYPES, model_config, random_model, time_ms
+from zoexp.bench import DTYPES, add_workload_args, random_batch_loss, time_ms
 from zoexp.perturb import PerturbationEngine
 
 EPS, LR = 1e-3, 1e-7
@@ -90,23 +90,13 @@ def peak_gib(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="opt-13b")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    add_workload_args(parser)
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
 
-    model = random_model(model_config(args.model), DTYPES[args.dtype], "cuda")
+    model, loss = random_batch_loss(args.model, DTYPES[args.dtype], "cuda", args.batch, args.seq)
     params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
-    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device="cuda",
-                        generator=torch.Generator("cuda").manual_seed(0))
-
-    @torch.no_grad()
-    def loss():
-        return model(input_ids=ids, labels=ids).loss
-
     forward = statistics.median(time_ms(loss, 10, warmup=3))
     fwd_peak = peak_gib(loss)
     engine = PerturbationEngine(params, dist="rademacher", exact=False)

@@ -16,13 +16,25 @@ import statistics
 
 import torch
 
-from zoexp.bench import DTYPES, model_config, random_model, time_ms
+from zoexp.bench import DTYPES, add_workload_args, random_batch_loss, time_ms
 from zoexp.perturb import PerturbationEngine
+from zoexp.solvers.spsa import SPSA
 
 EPS = 1e-3
 
 
+class _Loss:
+    """The objective `probe_all` calls: the benchmark's fixed batch, whatever it is given."""
+
+    def __init__(self, loss) -> None:
+        self.loss_fn = loss
+
+    def loss(self, batch) -> float:
+        return float(self.loss_fn())
+
+
 def separate(engine: PerturbationEngine, loss, seeds: list[int]) -> None:
+    """One direction at a time: perturb, move, restore (3 sweeps each in place)."""
     for seed in seeds:
         engine.perturb(seed, EPS)
         float(loss())
@@ -31,52 +43,33 @@ def separate(engine: PerturbationEngine, loss, seeds: list[int]) -> None:
         engine.restore(seed, -EPS)
 
 
-def chained(engine: PerturbationEngine, loss, seeds: list[int]) -> None:
-    engine.perturb(seeds[0], EPS)
-    for k, seed in enumerate(seeds):
-        float(loss())
-        engine.move(seed, EPS, -EPS)
-        float(loss())
-        if k + 1 < len(seeds):
-            engine.restore_update_perturb(seed, -EPS, 0.0, next_seed=seeds[k + 1], next_scale=EPS)
-        else:
-            engine.restore(seed, -EPS)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="opt-13b")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    add_workload_args(parser)
     parser.add_argument("--n-perts", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    model = random_model(model_config(args.model), DTYPES[args.dtype], "cuda")
+    model, loss = random_batch_loss(args.model, DTYPES[args.dtype], "cuda", args.batch, args.seq)
     params = [p for p in model.parameters() if p.requires_grad]
-    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device="cuda",
-                        generator=torch.Generator("cuda").manual_seed(0))
-
-    @torch.no_grad()
-    def loss():
-        return model(input_ids=ids, labels=ids).loss
-
     forward = statistics.median(time_ms(loss, 10, warmup=3))
-    seeds = list(range(args.n_perts))
     print(f"{torch.cuda.get_device_name()}, {args.model} shape, {args.dtype}, batch {args.batch} x "
           f"{args.seq}, n_perts {args.n_perts}; forward {forward:.1f} ms\n")
     print("| probes of one step, in place | ms | / its 2n forwards | sweeps |")
     print("|---|---:|---:|---:|")
     for dist in ("rademacher", "gaussian"):
-        engine = PerturbationEngine(params, dist=dist, exact=False)
+        solver = SPSA(steps=1, batch_size=1, eps=EPS, n_perts=args.n_perts, dist=dist, exact=False)
+        solver.setup(params, _Loss(loss))
+        seeds = solver.seeds(0)
+        ways = (("one direction at a time", lambda: separate(solver.directions, loss, seeds),
+                 3 * args.n_perts),
+                ("chained (probe_all)", lambda: solver.probe_all(None, 0), 2 * args.n_perts + 1))
         with torch.no_grad():
-            for name, fn, sweeps in (("one direction at a time", separate, 3 * args.n_perts),
-                                     ("chained (probe_all)", chained, 2 * args.n_perts + 1)):
-                ms = statistics.median(time_ms(lambda: fn(engine, loss, seeds), args.repeats, warmup=1))
+            for name, fn, sweeps in ways:
+                ms = statistics.median(time_ms(fn, args.repeats, warmup=1))
                 print(f"| {dist}, {name} | {ms:.0f} | {ms / (2 * args.n_perts * forward):.2f} | {sweeps} |",
                       flush=True)
-        del engine
+        del solver
 
 
 if __name__ == "__main__":

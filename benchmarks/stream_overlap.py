@@ -8,52 +8,59 @@ then the forward on a high-priority stream), and prints how much of the sweep wa
 
     PYTHONPATH=. python benchmarks/stream_overlap.py
 """
-import time, torch
-from zoexp.bench import model_config, random_model
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
 from kernels.sweep import sweep
 from kernels.sweep_op import SweepOp
+from zoexp.bench import DTYPES, add_workload_args, random_batch_loss, time_ms
 
-torch.manual_seed(0)
-model = random_model(model_config("opt-13b"), torch.bfloat16, "cuda")
-ids = torch.randint(0, 50000, (16, 64), device="cuda")
-n = sum(p.numel() for p in model.parameters())
-flat = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_(0, 0.02)
-chunks = list(flat.split(1 << 28))
-offs = [i * (1 << 28) for i in range(len(chunks))]
-op = SweepOp(seed1=3, restore_scale=1e-3, perturb_scale=-1e-3)  # a move
-s2 = torch.cuda.Stream()
+CHUNK = 1 << 28
+MOVE = SweepOp(seed1=3, restore_scale=1e-3, perturb_scale=-1e-3)
 
-@torch.no_grad()
-def fwd():
-    return model(input_ids=ids, labels=ids).loss
 
-def do_sweep():
-    sweep(chunks, offs, op, "rademacher")
+def concurrently(first, second, first_priority: int = 0, second_priority: int = 0) -> None:
+    """Launch `first` and `second` on two new streams, both after the current stream's work."""
+    main = torch.cuda.current_stream()
+    streams = [torch.cuda.Stream(priority=first_priority), torch.cuda.Stream(priority=second_priority)]
+    for stream, fn in zip(streams, (first, second)):
+        stream.wait_stream(main)
+        with torch.cuda.stream(stream):
+            fn()
+    for stream in streams:
+        main.wait_stream(stream)
 
-def timed(fn, r=10):
-    for _ in range(3): fn()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(r):
-        t = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append((time.perf_counter() - t) * 1e3)
-    return sorted(ts)[r // 2]
 
-def both():
-    s2.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s2):
-        do_sweep()
-    fwd()
-    torch.cuda.current_stream().wait_stream(s2)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_workload_args(parser)
+    args = parser.parse_args()
 
-def both_lowprio():
-    lo = torch.cuda.Stream(priority=0); hi = torch.cuda.Stream(priority=-1)
-    lo.wait_stream(torch.cuda.current_stream()); hi.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(lo):
-        do_sweep()
-    with torch.cuda.stream(hi):
-        fwd()
-    torch.cuda.current_stream().wait_stream(lo); torch.cuda.current_stream().wait_stream(hi)
+    model, loss = random_batch_loss(args.model, DTYPES[args.dtype], "cuda", args.batch, args.seq)
+    n = sum(p.numel() for p in model.parameters())
+    flat = torch.empty(n, dtype=DTYPES[args.dtype], device="cuda").normal_(0, 0.02)  # its own bytes
+    chunks = list(flat.split(CHUNK))
+    offsets = [i * CHUNK for i in range(len(chunks))]
 
-tf, ts = timed(fwd), timed(do_sweep)
-tb, tl_ = timed(both), timed(both_lowprio)
-print(f"forward {tf:.1f} ms, sweep {ts:.1f} ms, sum {tf+ts:.1f}; concurrent {tb:.1f} ms "
-      f"(hidden {(tf+ts-tb)/ts:.0%} of the sweep); forward high-priority stream {tl_:.1f} ms (hidden {(tf+ts-tl_)/ts:.0%})")
+    def move() -> None:
+        sweep(chunks, offsets, MOVE, "rademacher")
+
+    def median_ms(fn) -> float:
+        return statistics.median(time_ms(fn, 10, warmup=3))
+
+    forward, swept = median_ms(loss), median_ms(move)
+    together = median_ms(lambda: concurrently(move, loss))
+    prioritised = median_ms(lambda: concurrently(move, loss, second_priority=-1))
+    total = forward + swept
+    print(f"forward {forward:.1f} ms, sweep {swept:.1f} ms, sum {total:.1f}; concurrent {together:.1f} ms "
+          f"(hidden {(total - together) / swept:.0%} of the sweep); forward high-priority stream "
+          f"{prioritised:.1f} ms (hidden {(total - prioritised) / swept:.0%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -51,6 +51,29 @@ def random_model(config, dtype: torch.dtype, device: str) -> torch.nn.Module:
     return model.eval()
 
 
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """--model / --batch / --seq / --dtype: the workload options shared by the benchmarks."""
+    parser.add_argument("--model", default="opt-13b",
+                        help=f"preset ({', '.join(OPT_PRESETS)}) or a config path / cached hub id")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+
+
+def random_batch_loss(name: str, dtype: torch.dtype, device: str, batch: int, seq: int):
+    """(model, its loss on one fixed random batch as a no-grad callable): the workload every
+    forward / step benchmark times."""
+    model = random_model(model_config(name), dtype, device)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device,
+                        generator=torch.Generator(device).manual_seed(0))
+
+    @torch.no_grad()
+    def loss() -> torch.Tensor:
+        return model(input_ids=ids, labels=ids).loss
+
+    return model, loss
+
+
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
     """Wall-clock milliseconds of each of `repeats` calls (synchronised), after `warmup` calls."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -78,11 +101,7 @@ def cost_table(forward_ms: float, usd_per_hour: float, counts: list[int]) -> str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zoexp.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="opt-13b",
-                        help=f"preset ({', '.join(OPT_PRESETS)}) or a config path / cached hub id")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    add_workload_args(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--usd-per-hour", type=float, default=2.5, help="price of one GPU-hour")
@@ -95,12 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.usd_per_hour < 0:
         parser.error("--usd-per-hour must be >= 0")
 
-    model = random_model(model_config(args.model), DTYPES[args.dtype], args.device)
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (args.batch, args.seq), device=args.device,
-                        generator=torch.Generator(args.device).manual_seed(0))
-    with torch.no_grad():
-        times = time_ms(lambda: model(input_ids=ids, labels=ids).loss, args.repeats)
+    model, loss = random_batch_loss(args.model, DTYPES[args.dtype], args.device, args.batch, args.seq)
+    times = time_ms(loss, args.repeats)
     forward = statistics.median(times)
     n_params = sum(p.numel() for p in model.parameters())
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
