@@ -18,7 +18,8 @@ approximate sin/cos (to ~2e-6 of the reference, see `_z_tile`). Large tensors ge
 argument, so Triton can prove 16-byte alignment and vectorise); small tensors of one dtype
 share one launch through a pointer table, which removes hundreds of launches per sweep on an
 LLM. FMA contraction is disabled so the arithmetic rounds exactly like the torch reference,
-and bf16 rounding is done by hand (the Triton interpreter truncates instead of rounding).
+and fp32 -> bf16 is the GPU's round-to-nearest-even conversion (done by hand under the Triton
+interpreter, which truncates instead).
 
 `pack_rademacher` / `unpack_rademacher` store a Rademacher direction at 1 bit per element:
 the packed words are exactly the Philox outputs, so a sweep can read them instead of
@@ -47,8 +48,10 @@ GROUP_MAX_NUMEL = 1 << 22  # tensors below this share one launch
 GAUSSIAN_W = 128  # row width of Gaussian tiles: 128 (join-arranged, 16-byte loads) or 4
 NUM_WARPS_RADEMACHER = 4
 NUM_WARPS_GAUSSIAN = 4  # measured on H100 with fast sin/cos (benchmarks/README.md)
-# The GPU's approximate sin/cos (MUFU); the interpreter (CPU tests) has no libdevice.
-FAST_TRIG = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
+# Compiled for a GPU (not the Triton interpreter of the CPU tests): use the GPU's approximate
+# sin/cos (MUFU; the interpreter has no libdevice) and its fp32 -> bf16 conversion (round to
+# nearest even in one instruction; the interpreter truncates, so it rounds by hand).
+COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
 _MANTISSA = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}
 _MIN_EXP = {torch.bfloat16: -126, torch.float16: -14, torch.float32: -126}
 
@@ -96,7 +99,7 @@ def _z_tile(seed, packed_ptr, gbase, G: tl.constexpr, W: tl.constexpr, GAUSSIAN:
         th01 = 6.283185307179586 * (_uniform(r1) - 0.5)
         rad23 = -tl.sqrt(-2.0 * tl.log(_uniform(r2)))
         th23 = 6.283185307179586 * (_uniform(r3) - 0.5)
-        if FAST_TRIG:
+        if COMPILED:
             c01, s01 = libdevice.fast_cosf(th01), libdevice.fast_sinf(th01)
             c23, s23 = libdevice.fast_cosf(th23), libdevice.fast_sinf(th23)
         else:
@@ -132,8 +135,8 @@ def _rounding_uniforms(seed, gbase, G: tl.constexpr, W: tl.constexpr):
 
 @triton.jit
 def _round_to(y, elem: tl.constexpr):
-    """fp32 -> `elem`, round to nearest even; bf16 done by hand (the interpreter truncates)."""
-    if elem == tl.bfloat16:
+    """fp32 -> `elem`, round to nearest even (bf16 by hand in the interpreter, which truncates)."""
+    if elem == tl.bfloat16 and not COMPILED:
         bits = y.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         y = bits.to(tl.float32, bitcast=True)

@@ -80,6 +80,28 @@ def test_kernel_matches_reference(dtype, dist, grouped, monkeypatch):
                 torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rounding_ties_go_to_even(dtype):
+    """x +- half an ulp lands exactly between two 16-bit values: the kernel (the GPU's own
+    conversion, or rounding by hand in the interpreter) and the reference both pick the one
+    with the even mantissa, as worked out here from the mantissa index."""
+    mant = 7 if dtype == torch.bfloat16 else 10
+    ulp, j = 2.0 ** -mant, torch.arange(2 ** mant, dtype=torch.float32)
+    x = torch.cat([1 + j * ulp, -(1 + j * ulp)])
+    z = z_reference(5, 0, x.numel(), "rademacher")
+    op = SweepOp(seed1=5, perturb_scale=ulp / 2)
+    kernel, ref = x.to(dtype).to(DEVICE), x.to(dtype)
+    K.sweep([kernel], [0], op, "rademacher")
+    R.sweep([ref], [0], op, "rademacher")
+    steps = torch.cat([j, j]) + 0.5 * z * x.sign()          # the tie, in ulps above 1
+    lo = torch.floor(steps)
+    even = torch.where(lo % 2 == 0, lo, lo + 1)
+    expected = torch.where(steps < 0, 1 - ulp / 2, 1 + even * ulp) * x.sign()  # below 1: exact
+    assert (steps >= 0).sum() > 2 ** mant                     # mostly true ties
+    assert torch.equal(kernel.cpu().float(), expected)
+    assert torch.equal(ref.float(), expected)
+
+
 @pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("gaussian_w", [4, 128])
 def test_kernel_z_equals_reference_z(dist, gaussian_w, monkeypatch):
