@@ -143,6 +143,60 @@ def test_chained_probes_equal_separate_perturb_move_restore(dtype):
     assert objective.scorer.forward_passes == 10
 
 
+# ---- MeZO in place: the next perturbation rides on the step's last sweep -------------------
+def counting_sweeps(engine) -> list[int]:
+    count, sweep = [0], engine._sweep
+
+    def counted(op):
+        count[0] += 1
+        sweep(op)
+    engine._sweep = counted
+    return count
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_mezo_in_place_carries_the_next_perturbation(dtype):
+    """In place, a step's restore + update + the next step's perturbation are one sweep: 2 per
+    step (+1 to start) instead of 3, and the losses and weights are bit-identical to perturb /
+    move / restore_and_update step by step."""
+    start = (torch.linspace(-1, 1, 1000) * 0.37).to(dtype)
+    solver, _ = make(MeZO, params=[torch.nn.Parameter(start.clone())], eps=1e-2, lr=1e-2,
+                     exact=False)
+    solver.steps = 4
+    sweeps = counting_sweeps(solver.engine)
+    losses = [solver.step([None], t).loss for t in range(4)]
+    assert sweeps[0] == 1 + 2 * 4 and solver.carried is None  # nothing carried past the last step
+    ref, ref_objective = make(MeZO, params=[torch.nn.Parameter(start.clone())], eps=1e-2,
+                              lr=1e-2, exact=False)
+    d, expected = ref.engine, []
+    for t in range(4):
+        seed = ref.direction_seed(t)
+        d.perturb(seed, 1e-2)
+        plus = ref_objective.loss(None)
+        d.move(seed, 1e-2, -1e-2)
+        minus = ref_objective.loss(None)
+        d.restore_and_update(seed, -1e-2, -1e-2 * (plus - minus) / 2e-2)
+        expected.append((plus + minus) / 2)
+    assert losses == expected
+    assert torch.equal(solver.params[0].detach(), ref.params[0].detach())
+
+
+def test_mezo_settle_takes_the_carried_perturbation_off():
+    start = torch.linspace(-1, 1, DIM, dtype=torch.float64)
+    solver, objective = make(MeZO, params=[torch.nn.Parameter(start.clone())], eps=1e-3, lr=0.0,
+                             exact=False)
+    solver.step([None], 0)
+    carried = solver.carried
+    assert carried == solver.direction_seed(1)
+    z = solver.engine.direction(carried, 0).double()
+    torch.testing.assert_close(solver.params[0].detach() - start, 1e-3 * z, rtol=0, atol=1e-12)
+    solver.settle()
+    assert solver.carried is None
+    torch.testing.assert_close(solver.params[0].detach(), start, rtol=0, atol=1e-12)
+    solver.step([None], 5)  # not the carried step: it perturbs from scratch
+    assert solver.carried == solver.direction_seed(6)
+
+
 # ---- SubZero ---------------------------------------------------------------------------
 def subzero(rank=2, update_interval=3):
     params = [torch.nn.Parameter(torch.randn(6, 5, generator=torch.Generator().manual_seed(1))),

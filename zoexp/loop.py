@@ -133,12 +133,15 @@ class Loop:
                 self.tracker.log({"train_loss": result.loss, "fwd_passes": state.fwd_passes,
                                   "padding_ratio": ratio, **result.metrics}, state.step)
                 if solver.eval_every and state.step % solver.eval_every == 0 and state.step < solver.steps:
+                    solver.settle()
                     self._eval_dev(state.step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{result.loss:.4f}", dev=f"{state.best_dev:.3f}")
                 state.wall_time_s = time.perf_counter() - started
                 if self.checkpointer.due(state.step, solver.steps):
+                    solver.settle()
                     self._save()
+            solver.settle()
             bar.close()
         final_dev = self._eval_dev(state.step)
         if self.keep_best and state.best_params is not None and state.best_step != state.step:

@@ -86,6 +86,11 @@ class Solver:
     def step(self, batch, step: int) -> StepResult:
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Leave the parameters at theta. A solver may end a step with the next step's
+        perturbation already applied (fused into its last sweep); the loop calls this before
+        anything else reads the parameters: evaluation, a checkpoint, the end of training."""
+
     def replay(self, record: dict) -> None:
         """Redo the update of a recorded step on the current parameters (no data needed)."""
         raise NotImplementedError(f"{type(self).__name__} does not support replay")
