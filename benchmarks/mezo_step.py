@@ -1,11 +1,12 @@
 """A MeZO step vs the two forward passes it needs, at OPT-13B shape (random bf16 weights).
 
-One run, one model, one batch (16 x 64 tokens by default), several ways of taking the step:
+One run, one model, one batch (16 x 64 tokens by default), several ways of taking the step;
+the zoexp ways are the MeZO solver itself (`zoexp.solvers.mezo`, `MeZO.step`):
 
-* zoexp in place: `move` between the two forwards, then one fused sweep that restores,
-  updates and applies the next step's perturbation -- two sweeps per step;
-* zoexp exact (the engine's default): nothing is written until the update; each forward
-  reads the perturbed weights through a temporary per tensor -- one update sweep per step;
+* zoexp in place (`solver.exact=false`): `move` between the two forwards, then one fused
+  sweep that restores, updates and applies the next step's perturbation -- two sweeps a step;
+* zoexp exact (the default): nothing is written until the update; each forward reads the
+  perturbed weights through a temporary per tensor -- one update sweep per step;
 * the reference way (MeZO's code): a `torch.normal` tensor per parameter, regenerated from a
   reset torch seed, in four sweeps (+eps, -2 eps, +eps, update).
 
@@ -22,32 +23,27 @@ import statistics
 
 import torch
 
-from zoexp.bench import DTYPES, add_workload_args, random_batch_loss, time_ms
+from zoexp.bench import DTYPES, FixedBatchObjective, add_workload_args, random_batch_loss, time_ms
 from zoexp.perturb import PerturbationEngine
+from zoexp.solvers.mezo import MeZO
 
 EPS, LR = 1e-3, 1e-7
 
 
-class ZoexpMeZO:
-    """Minimal MeZO on the engine; the weights enter each step already perturbed (+eps z)."""
+class SolverSteps:
+    """zoexp's own MeZO solver (`zoexp.solvers.mezo`) on the fixed batch, a step per call."""
 
     def __init__(self, params, loss, dist: str, exact: bool) -> None:
-        self.engine = PerturbationEngine(params, dist=dist, exact=exact)
-        self.loss, self.seed = loss, 0
-        self.engine.perturb(self.seed, EPS)
+        self.solver = MeZO(steps=1 << 30, batch_size=1, lr=LR, eps=EPS, dist=dist, exact=exact)
+        self.solver.setup(params, FixedBatchObjective(loss))
+        self.t = 0
 
-    def step(self) -> float:
-        e, s = self.engine, self.seed
-        plus = float(self.loss())
-        e.move(s, EPS, -EPS)
-        minus = float(self.loss())
-        grad = (plus - minus) / (2 * EPS)
-        self.seed += 1
-        e.restore_update_perturb(s, -EPS, -LR * grad, 0.0, next_seed=self.seed, next_scale=EPS)
-        return grad
+    def step(self) -> None:
+        self.solver.step(None, self.t)
+        self.t += 1
 
     def close(self) -> None:
-        self.engine.restore(self.seed, EPS)
+        self.solver.settle()
 
 
 class ReferenceMeZO:
@@ -114,10 +110,10 @@ def main() -> None:
     del engine, gaussian, sweeps
 
     ways = {
-        "zoexp in place, Rademacher": lambda: ZoexpMeZO(params, loss, "rademacher", exact=False),
-        "zoexp in place, Gaussian": lambda: ZoexpMeZO(params, loss, "gaussian", exact=False),
-        "zoexp exact (default), Rademacher": lambda: ZoexpMeZO(params, loss, "rademacher", exact=True),
-        "zoexp exact (default), Gaussian": lambda: ZoexpMeZO(params, loss, "gaussian", exact=True),
+        "zoexp in place, Rademacher": lambda: SolverSteps(params, loss, "rademacher", exact=False),
+        "zoexp in place, Gaussian": lambda: SolverSteps(params, loss, "gaussian", exact=False),
+        "zoexp exact (default), Rademacher": lambda: SolverSteps(params, loss, "rademacher", exact=True),
+        "zoexp exact (default), Gaussian": lambda: SolverSteps(params, loss, "gaussian", exact=True),
         "reference (torch.normal per tensor, 4 sweeps)": lambda: ReferenceMeZO(params, loss),
     }
     results = []

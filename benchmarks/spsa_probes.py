@@ -16,21 +16,11 @@ import statistics
 
 import torch
 
-from zoexp.bench import DTYPES, add_workload_args, random_batch_loss, time_ms
+from zoexp.bench import DTYPES, FixedBatchObjective, add_workload_args, random_batch_loss, time_ms
 from zoexp.perturb import PerturbationEngine
 from zoexp.solvers.spsa import SPSA
 
 EPS = 1e-3
-
-
-class _Loss:
-    """The objective `probe_all` calls: the benchmark's fixed batch, whatever it is given."""
-
-    def __init__(self, loss) -> None:
-        self.loss_fn = loss
-
-    def loss(self, batch) -> float:
-        return float(self.loss_fn())
 
 
 def separate(engine: PerturbationEngine, loss, seeds: list[int]) -> None:
@@ -59,7 +49,7 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for dist in ("rademacher", "gaussian"):
         solver = SPSA(steps=1, batch_size=1, eps=EPS, n_perts=args.n_perts, dist=dist, exact=False)
-        solver.setup(params, _Loss(loss))
+        solver.setup(params, FixedBatchObjective(loss))
         seeds = solver.seeds(0)
         ways = (("one direction at a time", lambda: separate(solver.directions, loss, seeds),
                  3 * args.n_perts),

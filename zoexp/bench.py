@@ -74,6 +74,17 @@ def random_batch_loss(name: str, dtype: torch.dtype, device: str, batch: int, se
     return model, loss
 
 
+class FixedBatchObjective:
+    """The objective a benchmarked solver calls: the loss on the fixed batch of
+    `random_batch_loss`, whatever batch it is given."""
+
+    def __init__(self, loss: Callable[[], torch.Tensor]) -> None:
+        self.loss_fn = loss
+
+    def loss(self, batch) -> float:
+        return float(self.loss_fn())
+
+
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
     """Wall-clock milliseconds of each of `repeats` calls (synchronised), after `warmup` calls."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)

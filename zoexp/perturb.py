@@ -36,7 +36,7 @@ So the engine offers two modes:
   perturb/evaluate/restore cycles with lr = 0 leave them bit-identical, and a run replays from
   its seed trajectory with `update` alone. Cost: one temporary the size of the largest single
   parameter tensor, and one extra read+write of the weights per forward pass (OPT-13B on an
-  H100, Rademacher: MeZO step 1.60x two forwards vs 1.44x in place; benchmarks/README.md). Limits: an
+  H100, Rademacher: MeZO step 1.63x two forwards vs 1.37x in place; benchmarks/README.md). Limits: an
   in-place write to a parameter while a perturbation is active lands in the temporary and is
   lost, and torch.compile does not trace through the class swap.
 * `exact=False`: in-place sweeps (`kernels.sweep`), fused so a MeZO step costs two sweeps
