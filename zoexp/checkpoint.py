@@ -22,15 +22,18 @@ from omegaconf import DictConfig
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, every: int = 0) -> None:
+    def __init__(self, run_dir: Path, every: int = 0, write: bool = True) -> None:
+        """`write=False` (ranks other than 0 of a distributed run): read, never write."""
         self.path = Path(run_dir) / "checkpoint.pt"
         self.trajectory_path = Path(run_dir) / "trajectory.jsonl"
-        self.every = every
+        self.every, self.write = every, write
 
     def due(self, step: int, last: int) -> bool:
         return self.every > 0 and step % self.every == 0 and step < last
 
     def save(self, state: dict) -> None:
+        if not self.write:
+            return
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
@@ -41,11 +44,13 @@ class Checkpointer:
         return torch.load(self.path, map_location="cpu", weights_only=False)
 
     def record(self, step: int, record: dict) -> None:
+        if not self.write:
+            return
         with self.trajectory_path.open("a") as fh:
             fh.write(json.dumps({"step": step, **record}) + "\n")
 
     def truncate_trajectory(self, steps: int) -> None:
-        if self.trajectory_path.exists():
+        if self.write and self.trajectory_path.exists():
             lines = self.trajectory_path.read_text().splitlines(keepends=True)
             self.trajectory_path.write_text("".join(l for l in lines if json.loads(l)["step"] < steps))
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from tasks.base import Example, Task
 from zoexp.batching import LengthGroupedBatches, length_sorted
 from zoexp.checkpoint import Checkpointer
+from zoexp.distributed import Ranks
 from zoexp.objectives import Objective
 from zoexp.solvers.base import Solver
 from zoexp.tracking import Tracker
@@ -47,9 +48,11 @@ def peak_memory_gb(device: torch.device) -> float:
 class Loop:
     def __init__(self, solver: Solver, objective: Objective, task: Task, data: dict[str, list[Example]],
                  tracker: Tracker, checkpointer: Checkpointer, device: torch.device, seed: int = 0,
-                 eval_batch_size: int = 32, group_by_length: bool = True, keep_best: bool = True) -> None:
+                 eval_batch_size: int = 32, group_by_length: bool = True, keep_best: bool = True,
+                 ranks: Ranks = Ranks()) -> None:
         self.solver, self.objective, self.task, self.data = solver, objective, task, data
         self.tracker, self.checkpointer, self.device = tracker, checkpointer, device
+        self.ranks = ranks  # forward passes are counted over all processes
         self.eval_batch_size, self.keep_best, self.group_by_length = eval_batch_size, keep_best, group_by_length
         scorer = objective.scorer
         lengths = [scorer.prompt_length(ex) for ex in data["train"]]
@@ -115,7 +118,8 @@ class Loop:
         solver, state, scorer = self.solver, self.state, self.objective.scorer
         started = time.perf_counter() - state.wall_time_s
         if solver.trains:
-            bar = tqdm(total=solver.steps, initial=state.step, disable=None, desc="train", dynamic_ncols=True)
+            bar = tqdm(total=solver.steps, initial=state.step, disable=None if self.ranks.main else True,
+                       desc="train", dynamic_ncols=True)
             if state.step == 0 and state.best_step < 0:
                 self._eval_dev(0)
             while state.step < solver.steps:
@@ -124,7 +128,7 @@ class Loop:
                 before = scorer.forward_passes
                 computed, real = scorer.computed_tokens, scorer.real_tokens
                 result = solver.step(batch, step)
-                state.fwd_passes += scorer.forward_passes - before
+                state.fwd_passes += self.ranks.total(scorer.forward_passes - before)
                 state.computed_tokens += scorer.computed_tokens - computed
                 state.real_tokens += scorer.real_tokens - real
                 ratio = (scorer.computed_tokens - computed) / max(scorer.real_tokens - real, 1)

@@ -43,7 +43,9 @@ def build_peft(cfg: DictConfig):
 
 
 def prepare(cfg: DictConfig) -> dict:
-    """Everything that can be checked without the model: returns the built cheap objects."""
+    """Everything that can be checked without the model: returns the built cheap objects
+    (and joins the other processes of a distributed run, whose split the solver checks)."""
+    from zoexp.distributed import init_ranks
     from zoexp.model import check_model_source, resolve_device, resolve_dtype
 
     device = resolve_device(cfg.hardware.device)
@@ -58,13 +60,19 @@ def prepare(cfg: DictConfig) -> dict:
     if solver.trains and solver.batch_size > task.num_train:
         raise ConfigError("solver.batch_size", f"got {solver.batch_size}, larger than task.num_train="
                           f"{task.num_train}; allowed: at most {task.num_train}")
+    ranks, device = init_ranks(device)
+    if ranks.world > 1:
+        log.info("process %d of %d on %s", ranks.rank + 1, ranks.world, device)
+    solver.distribute(ranks)
     data = task.sample()
     log.info("data: %d train / %d dev / %d test examples", *(len(data[k]) for k in ("train", "dev", "test")))
-    return {"device": device, "task": task, "solver": solver, "peft": peft_config, "data": data}
+    return {"device": device, "task": task, "solver": solver, "peft": peft_config, "data": data,
+            "ranks": ranks}
 
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     from zoexp.checkpoint import Checkpointer
+    from zoexp.distributed import close
     from zoexp.loop import Loop
     from zoexp.model import load_model
     from zoexp.objectives import CandidateScorer, build_objective
@@ -78,17 +86,26 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
              bundle.num_trainable() / 1e6, bundle.device, cfg.model.dtype)
     scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length)
     objective = build_objective(cfg.objective, scorer, parts["task"])
-    solver = parts["solver"]
+    solver, ranks = parts["solver"], parts["ranks"]
     solver.setup(bundle.params, objective, parts["data"]["train"])
-    tracker = Tracker(run_dir, wandb_logger=_build_wandb(cfg, run_dir))
+    # One run dir for all processes: rank 0's (torchrun starts one Hydra per process); only
+    # rank 0 writes in it, the others read its checkpoint when the run resumes.
+    shared_dir = Path(ranks.from_main(str(run_dir)))
+    tracker = Tracker(shared_dir, wandb_logger=_build_wandb(cfg, run_dir) if ranks.main else None,
+                      write=ranks.main)
     try:
         loop = Loop(solver, objective, parts["task"], parts["data"], tracker,
-                    Checkpointer(run_dir, every=cfg.checkpoint_every), bundle.device, seed=cfg.hardware.seed,
-                    eval_batch_size=cfg.eval_batch_size, group_by_length=cfg.group_by_length,
-                    keep_best=cfg.keep_best)
+                    Checkpointer(shared_dir, every=cfg.checkpoint_every, write=ranks.main),
+                    bundle.device, seed=cfg.hardware.seed, eval_batch_size=cfg.eval_batch_size,
+                    group_by_length=cfg.group_by_length, keep_best=cfg.keep_best, ranks=ranks)
         summary = loop.run()
     finally:
         tracker.finish()
+        close(ranks)
+    if not ranks.main:
+        if shared_dir != run_dir:
+            _remove_if_empty_run(run_dir)  # what Hydra wrote for this process alone
+        return summary
     metric = summary["metric"]
     print(f"dev {metric}: {summary[f'best_dev_{metric}']:.4f} (best, step {summary['best_step']})   "
           f"test {metric}: {summary.get(f'test_{metric}', float('nan')):.4f}   "

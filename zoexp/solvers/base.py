@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from zoexp.distributed import Ranks
 from zoexp.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "linear")
@@ -70,8 +71,19 @@ class Solver:
         self.seed = seed
         self.params: list = []
         self.objective = None
+        self.ranks = Ranks()
 
     # ---- lifecycle -----------------------------------------------------------------------
+    def distribute(self, ranks: Ranks) -> None:
+        """Join a run of `ranks.world` processes (`zoexp.distributed`), before the model loads.
+        Evaluation-only solvers just evaluate on every rank; a training solver must say how
+        it splits a step (the seeded ZO solvers deal out their directions), else it refuses."""
+        if ranks.world > 1 and self.trains:
+            raise ConfigError("processes", f"got {ranks.world}; {type(self).__name__} does not split "
+                              "its steps over processes; allowed: 1 (several: solver=spsa, spsa15, "
+                              "subzero, zo_adam or zo_sgd_momentum with solver.n_perts >= processes)")
+        self.ranks = ranks
+
     def setup(self, params: Sequence, objective, train_examples: Sequence = ()) -> None:
         """Receive the trainable parameters, the objective and the training examples
         (after the model loads). Subclasses that override call super().setup first."""

@@ -16,6 +16,7 @@ class SPSA(ZOSolver):
                  **kwargs) -> None:
         super().__init__(**kwargs)
         self.engine_options = engine_options(dist, exact, stochastic_rounding)
+        self.exact = exact
 
     def make_directions(self) -> PerturbationEngine:
         return PerturbationEngine(self.params, **self.engine_options)

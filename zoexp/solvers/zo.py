@@ -12,6 +12,7 @@ from typing import Protocol, Sequence
 
 import torch
 
+from zoexp.distributed import Ranks
 from zoexp.solvers.base import Solver, StepResult, check
 
 
@@ -41,6 +42,7 @@ class ZOSolver(Solver):
               n_perts, "an integer >= 1")
         self.eps, self.n_perts = float(eps), n_perts
         self.directions: Directions | None = None
+        self.exact = True  # perturbations restore bit-exactly (subclasses set it from their YAML)
 
     def setup(self, params, objective, train_examples=()) -> None:
         super().setup(params, objective, train_examples)
@@ -49,6 +51,15 @@ class ZOSolver(Solver):
     def make_directions(self) -> Directions:
         raise NotImplementedError
 
+    def distribute(self, ranks: Ranks) -> None:
+        """Deal the n directions of each step to the ranks (`zoexp.distributed`)."""
+        if ranks.world > 1:
+            check("solver.n_perts", self.n_perts >= ranks.world, self.n_perts,
+                  f"an integer >= {ranks.world} (the number of processes)")
+            check("solver.exact", self.exact, self.exact,
+                  "true when several processes share a run (in-place sweeps drift apart per rank)")
+        self.ranks = ranks
+
     # ---- probes ----------------------------------------------------------------------------
     def seeds(self, step: int) -> list[int]:
         return [self.direction_seed(step, k) for k in range(self.n_perts)]
@@ -56,20 +67,25 @@ class ZOSolver(Solver):
     def probe_all(self, batch, step: int) -> tuple[list[int], list[float], list[float]]:
         """(seeds, f(theta + eps z_k), f(theta - eps z_k)) on `batch`; theta restored afterwards.
 
-        Direction k's restore and direction k+1's perturbation are one call (one sweep in
-        place): 2 n + 1 sweeps per step instead of 3 n, with the same weights bit for bit."""
+        Direction k's restore and the next direction's perturbation are one call (one sweep in
+        place): 2 n + 1 sweeps per step instead of 3 n, with the same weights bit for bit.
+        With several processes each probes its share of the directions and the losses are
+        summed into one table (`zoexp.distributed`)."""
         d, eps, seeds = self.directions, self.eps, self.seeds(step)
-        plus, minus = [], []
-        d.perturb(seeds[0], eps)
-        for k, seed in enumerate(seeds):
-            plus.append(self.objective.loss(batch))
-            d.move(seed, eps, -eps)
-            minus.append(self.objective.loss(batch))
-            if k + 1 < len(seeds):
-                d.restore_update_perturb(seed, -eps, 0.0, next_seed=seeds[k + 1], next_scale=eps)
+        mine = self.ranks.share(len(seeds))
+        table = torch.zeros(len(seeds), 2, dtype=torch.float64)
+        d.perturb(seeds[mine[0]], eps)
+        for i, k in enumerate(mine):
+            table[k, 0] = self.objective.loss(batch)
+            d.move(seeds[k], eps, -eps)
+            table[k, 1] = self.objective.loss(batch)
+            if i + 1 < len(mine):
+                d.restore_update_perturb(seeds[k], -eps, 0.0, next_seed=seeds[mine[i + 1]],
+                                         next_scale=eps)
             else:
-                d.restore(seed, -eps)
-        return seeds, plus, minus
+                d.restore(seeds[k], -eps)
+        table = self.ranks.combine(table)
+        return seeds, table[:, 0].tolist(), table[:, 1].tolist()
 
     # ---- update --------------------------------------------------------------------------------
     def apply(self, seeds: Sequence[int], coefs: Sequence[float], decay: float) -> None:
