@@ -10,6 +10,9 @@ sending a tensor, and a W-rank run takes the same steps, bit for bit, as one pro
 (`tests/test_distributed.py`). That needs perturbations that restore exactly (the default
 `solver.exact=true`): in-place sweeps would leave each rank its own rounding drift.
 
+Evaluation is split the same way: the ranks predict alternate eval batches (the batches
+one process would form) and exchange the predictions, so every rank scores all of them.
+
 Launch with `torchrun --nproc-per-node W main.py ...` on one machine, or under SLURM with
 `hardware.tasks_per_node=W` (one task per GPU; submitit exports the rendezvous). Rank 0 alone
 writes metrics, checkpoints and W&B; NCCL carries the scalars on GPUs, gloo on CPUs.
@@ -54,6 +57,14 @@ class Ranks:
         box = [value]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+    def merge(self, values: list) -> list:
+        """Each slot from the rank that filled it (the others hold None there), on every rank."""
+        if self.world == 1:
+            return values
+        gathered: list = [None] * self.world
+        torch.distributed.all_gather_object(gathered, values)
+        return [next((g[i] for g in gathered if g[i] is not None), None) for i in range(len(values))]
 
     def total(self, count: int) -> int:
         """Sum of an integer (forward passes, say) over the ranks."""

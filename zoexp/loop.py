@@ -68,12 +68,13 @@ class Loop:
         order = list(range(len(examples)))
         if self.group_by_length:  # sorted batches pad far less; predictions go back in data order
             order = length_sorted([self.objective.scorer.prompt_length(ex) for ex in examples])
+        batches = [order[start : start + self.eval_batch_size]
+                   for start in range(0, len(examples), self.eval_batch_size)]
         preds: list = [None] * len(examples)
-        for start in range(0, len(examples), self.eval_batch_size):
-            chunk = order[start : start + self.eval_batch_size]
-            for i, pred in zip(chunk, self.objective.predict([examples[i] for i in chunk])):
+        for k in self.ranks.share(len(batches)):  # every batch, or this process's share of them
+            for i, pred in zip(batches[k], self.objective.predict([examples[i] for i in batches[k]])):
                 preds[i] = pred
-        return self.task.score(preds, examples)
+        return self.task.score(self.ranks.merge(preds), examples)
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [p.detach().to("cpu", copy=True) for p in self.solver.params]
