@@ -39,7 +39,7 @@ class Ranks:
         return self.rank == 0
 
     def share(self, n: int) -> list[int]:
-        """The indices of the n directions this rank probes."""
+        """Which of n work items (a step's directions, eval batches) this rank takes."""
         return list(range(self.rank, n, self.world))
 
     def combine(self, table: torch.Tensor) -> torch.Tensor:
