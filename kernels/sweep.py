@@ -14,8 +14,9 @@ Each program handles BLOCK consecutive elements of the *global* flat index space
 makes 32 calls, each giving two Box-Muller pairs, interleaved back into element order with
 `tl.join` (GAUSSIAN_W = 4 selects [BLOCK/4, 4] tiles instead, one call per row: 3.7x slower
 for a Gaussian move on H100). On the GPU the Box-Muller angle goes through the hardware's
-approximate sin/cos (to ~2e-6 of the reference, see `_z_tile`). Large tensors get one launch each (their pointer is a kernel
-argument, so Triton can prove 16-byte alignment and vectorise); small tensors of one dtype
+approximate sin/cos (to ~2e-6 of the reference, see `_z_tile`). Large tensors get one launch
+each (their pointer is a kernel argument, so Triton can prove 16-byte alignment and
+vectorise); small tensors of one dtype
 share one launch through a pointer table, which removes hundreds of launches per sweep on an
 LLM. FMA contraction is disabled so the arithmetic rounds exactly like the torch reference,
 and fp32 -> bf16 is the GPU's round-to-nearest-even conversion (done by hand under the Triton

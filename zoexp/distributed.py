@@ -68,6 +68,8 @@ class Ranks:
 
     def total(self, count: int) -> int:
         """Sum of an integer (forward passes, say) over the ranks."""
+        if self.world == 1:
+            return count
         return int(self.combine(torch.tensor([float(count)], dtype=torch.float64)).item())
 
 
