@@ -84,6 +84,16 @@ def launched_world() -> int:
     return 1
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher set it (0 in a one-process run), readable before
+    the process group exists: only rank 0 locks and writes the run directory."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and launched_world() > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
 def init_ranks(device: torch.device) -> tuple[Ranks, torch.device]:
     """Join the process group the launcher set up (if any): (ranks, this rank's device)."""
     if launched_world() == 1:

@@ -2,25 +2,42 @@
 
 It knows the interfaces only (Solver, Objective, Task, Tracker, Checkpointer), never a
 particular method or task, so a new solver or task plugs in without touching this file.
+
+What a number in the run dir promises:
+* resume: a checkpoint restores the loop's state, and metrics.jsonl / trajectory.jsonl are
+  cut back to it (a run without a checkpoint starts both afresh), so they always hold each
+  step taken exactly once;
+* divergence: a solver raises `Diverged` before applying a non-finite update
+  (`Solver.ensure_finite`); with `on_divergence=stop` the run ends with `diverged: true` in
+  summary.json and no test score, with `skip_step` the step is recorded as skipped and counted;
+* SIGTERM stops at the next step boundary with a checkpoint (`zoexp.signals`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import resource
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from tasks.base import Example, Task
 from zoexp.batching import LengthGroupedBatches, length_sorted
 from zoexp.checkpoint import Checkpointer
 from zoexp.distributed import Ranks
+from zoexp.errors import Diverged, Terminated
+from zoexp.jsonl import CorruptFile
 from zoexp.objectives import Objective
+from zoexp.progress import Progress
+from zoexp.signals import NEVER, GracefulStop
 from zoexp.solvers.base import Solver
 from zoexp.tracking import Tracker
+
+log = logging.getLogger("zoexp")
+ON_DIVERGENCE = ("stop", "skip_step")
 
 
 @dataclass
@@ -36,6 +53,10 @@ class LoopState:
     computed_tokens: int = 0  # padded tokens of training batches, for the padding ratio
     real_tokens: int = 0
     history: list = field(default_factory=list)  # (step, dev metric) pairs
+    skipped_steps: int = 0  # steps not applied under on_divergence=skip_step
+
+    def __setstate__(self, state: dict) -> None:  # checkpoints of older versions lack new fields
+        self.__dict__.update(LoopState().__dict__ | state)
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -49,11 +70,15 @@ class Loop:
     def __init__(self, solver: Solver, objective: Objective, task: Task, data: dict[str, list[Example]],
                  tracker: Tracker, checkpointer: Checkpointer, device: torch.device, seed: int = 0,
                  eval_batch_size: int = 32, group_by_length: bool = True, keep_best: bool = True,
-                 ranks: Ranks = Ranks()) -> None:
+                 ranks: Ranks = Ranks(), on_divergence: str = "stop", progress_every_s: float = 30.0,
+                 stop: GracefulStop = NEVER) -> None:
         self.solver, self.objective, self.task, self.data = solver, objective, task, data
         self.tracker, self.checkpointer, self.device = tracker, checkpointer, device
         self.ranks = ranks  # forward passes are counted over all processes
         self.eval_batch_size, self.keep_best, self.group_by_length = eval_batch_size, keep_best, group_by_length
+        if on_divergence not in ON_DIVERGENCE:
+            raise ValueError(f"on_divergence: got {on_divergence!r}; allowed: {list(ON_DIVERGENCE)}")
+        self.on_divergence, self.progress_every_s, self.stop = on_divergence, progress_every_s, stop
         scorer = objective.scorer
         lengths = [scorer.prompt_length(ex) for ex in data["train"]]
         self.batches = LengthGroupedBatches(lengths, solver.batch_size, seed=seed, group=group_by_length)
@@ -86,18 +111,33 @@ class Loop:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _save(self) -> None:
-        self.checkpointer.save({"loop": self.state, "params": self._snapshot(),
-                                "solver": self.solver.state_dict(), "records": self.tracker.records})
+        self.tracker.sync()  # the records the checkpoint counts are on disk before it is
+        self.checkpointer.save({"loop": self.state, "params": self._snapshot(), "solver": self.solver.state_dict(),
+                                "records": self.tracker.records, "seed_bits": self.solver.seed_bits},
+                               self.state.step)
 
     def _resume(self) -> None:
         ckpt = self.checkpointer.load()
-        if ckpt is None:
+        if ckpt is None:  # a fresh start: drop whatever an interrupted fresh start left
+            stale = self.tracker.truncate(0), self.checkpointer.start_trajectory(self.solver.seed_bits)
+            if any(stale):
+                log.warning("no checkpoint: starting at step 0; removed %d metric and %d trajectory records "
+                            "left by an interrupted run", *stale)
             return
         self.state = ckpt["loop"]
         self._load_params(ckpt["params"])
         self.solver.load_state_dict(ckpt["solver"])
-        self.tracker.truncate(ckpt["records"])
-        self.checkpointer.truncate_trajectory(self.state.step)
+        bits = ckpt.get("seed_bits", 31)  # checkpoints before 64-bit seeds continue with 31 bits
+        self.solver.set_seed_bits(bits)
+        dropped_metrics = self.tracker.truncate(ckpt["records"])
+        trajectory_bits, dropped_steps = self.checkpointer.resume_trajectory(self.state.step)
+        if trajectory_bits != bits:
+            raise CorruptFile(self.checkpointer.trajectory_path, f"has {trajectory_bits}-bit seeds but the "
+                              f"checkpoint {bits}-bit; allowed: the trajectory the run wrote")
+        dropped = (f"; dropped {dropped_metrics} metric and {dropped_steps} trajectory records written after it"
+                   if dropped_metrics or dropped_steps else "")
+        log.info("resumed from step %d of %d (%s)%s", self.state.step, self.solver.steps,
+                 self.checkpointer.path, dropped)
 
     # ---- the loop ------------------------------------------------------------------------
     def _eval_dev(self, step: int) -> float:
@@ -114,49 +154,107 @@ class Loop:
         self.tracker.log({f"dev_{k}": v for k, v in dev.items()} | {"fwd_passes": self.state.fwd_passes}, step)
         return value
 
-    def run(self) -> dict:
-        self._resume()
+    def _stop_requested(self) -> bool:
+        """SIGTERM seen by any process (all must stop at the same step boundary)."""
+        return self.ranks.total(int(self.stop.requested)) > 0 if self.ranks.world > 1 else self.stop.requested
+
+    def _train_step(self, step: int) -> float:
+        """One step: the solver's update, its records and the step's metrics. Returns the loss."""
         solver, state, scorer = self.solver, self.state, self.objective.scorer
-        started = time.perf_counter() - state.wall_time_s
-        if solver.trains:
-            bar = tqdm(total=solver.steps, initial=state.step, disable=None if self.ranks.main else True,
-                       desc="train", dynamic_ncols=True)
-            if state.step == 0 and state.best_step < 0:
+        batch = [self.data["train"][i] for i in self.batches.batch(step)]
+        before = scorer.forward_passes
+        computed, real = scorer.computed_tokens, scorer.real_tokens
+        try:
+            result = solver.step(batch, step)
+            if not math.isfinite(result.loss):  # a solver that applied its update before checking
+                raise Diverged(step, "the training loss", result.loss, applied=True)
+        except Diverged as diverged:
+            state.fwd_passes += self.ranks.total(scorer.forward_passes - before)
+            if self.on_divergence == "stop" or diverged.applied:
+                raise
+            state.skipped_steps += 1
+            self.checkpointer.record(step, {"skipped": str(diverged)})
+            state.step = step + 1
+            self.tracker.log({"train_loss": diverged.value if "loss" in diverged.what else math.nan,
+                              "skipped": 1, "fwd_passes": state.fwd_passes}, state.step)
+            log.warning("step %d skipped (on_divergence=skip_step): %s; %d skipped so far", step,
+                        diverged, state.skipped_steps)
+            return math.nan
+        state.fwd_passes += self.ranks.total(scorer.forward_passes - before)
+        state.computed_tokens += scorer.computed_tokens - computed
+        state.real_tokens += scorer.real_tokens - real
+        ratio = (scorer.computed_tokens - computed) / max(scorer.real_tokens - real, 1)
+        self.checkpointer.record(step, result.record)
+        state.step = step + 1
+        self.tracker.log({"train_loss": result.loss, "fwd_passes": state.fwd_passes,
+                          "padding_ratio": ratio, **result.metrics}, state.step)
+        return result.loss
+
+    def _train(self) -> None:
+        solver, state = self.solver, self.state
+        progress = Progress(solver.steps, state.step, self.ranks.main, self.progress_every_s)
+        try:
+            if state.step == 0 and state.best_step < 0 and not state.history:
                 self._eval_dev(0)
             while state.step < solver.steps:
-                step = state.step
-                batch = [self.data["train"][i] for i in self.batches.batch(step)]
-                before = scorer.forward_passes
-                computed, real = scorer.computed_tokens, scorer.real_tokens
-                result = solver.step(batch, step)
-                state.fwd_passes += self.ranks.total(scorer.forward_passes - before)
-                state.computed_tokens += scorer.computed_tokens - computed
-                state.real_tokens += scorer.real_tokens - real
-                ratio = (scorer.computed_tokens - computed) / max(scorer.real_tokens - real, 1)
-                self.checkpointer.record(step, result.record)
-                state.step = step + 1
-                self.tracker.log({"train_loss": result.loss, "fwd_passes": state.fwd_passes,
-                                  "padding_ratio": ratio, **result.metrics}, state.step)
+                loss = self._train_step(state.step)
                 if solver.eval_every and state.step % solver.eval_every == 0 and state.step < solver.steps:
                     solver.settle()
                     self._eval_dev(state.step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{result.loss:.4f}", dev=f"{state.best_dev:.3f}")
-                state.wall_time_s = time.perf_counter() - started
-                if self.checkpointer.due(state.step, solver.steps):
+                progress.update(state.step, loss, state.best_dev)
+                state.wall_time_s = time.perf_counter() - self.started
+                stop = self._stop_requested()
+                if stop or self.checkpointer.due(state.step, solver.steps):
                     solver.settle()
                     self._save()
+                if stop:
+                    raise Terminated(f"stopped by SIGTERM at step {state.step} of {solver.steps}; checkpoint "
+                                     "written -- rerun the same command to resume")
             solver.settle()
-            bar.close()
+            if self.checkpointer.every > 0 and self.checkpointer.saved_step != state.step:
+                self._save()  # the trained weights, before the best-on-dev ones are loaded for test
+        finally:
+            progress.close()
+
+    def _diverged_summary(self, diverged: Diverged) -> dict:
+        state, metric = self.state, self.task.metric
+        summary = {
+            "metric": metric,
+            "diverged": True,
+            "diverged_step": diverged.step,
+            "diverged_reason": str(diverged),
+            f"best_dev_{metric}": state.best_dev if state.history else None,
+            "best_step": state.best_step,
+            "steps": state.step,
+            "skipped_steps": state.skipped_steps,
+            "fwd_passes": state.fwd_passes,
+            "wall_time_s": round(time.perf_counter() - self.started, 2),
+            "peak_mem_gb": round(peak_memory_gb(self.device), 3),
+        }
+        self.tracker.log({"diverged": 1, "fwd_passes": state.fwd_passes}, diverged.step + 1)
+        self.tracker.summary(summary)
+        return summary
+
+    def run(self) -> dict:
+        self._resume()
+        solver, state = self.solver, self.state
+        self.started = time.perf_counter() - state.wall_time_s
+        if solver.trains:
+            try:
+                with self.stop.deferred():
+                    self._train()
+            except Diverged as diverged:
+                diverged.summary = self._diverged_summary(diverged)
+                raise
         final_dev = self._eval_dev(state.step)
         if self.keep_best and state.best_params is not None and state.best_step != state.step:
             self._load_params(state.best_params)  # test the best-on-dev parameters
         test = self.evaluate("test")
-        state.wall_time_s = time.perf_counter() - started
+        state.wall_time_s = time.perf_counter() - self.started
         metric = self.task.metric
         summary = {
             "metric": metric,
-            f"best_dev_{metric}": state.best_dev,
+            f"best_dev_{metric}": state.best_dev if state.history else None,
             f"final_dev_{metric}": final_dev,
             **{f"test_{k}": v for k, v in test.items()},
             "best_step": state.best_step,
@@ -165,6 +263,8 @@ class Loop:
             "wall_time_s": round(state.wall_time_s, 2),
             "peak_mem_gb": round(peak_memory_gb(self.device), 3),
             "padding_ratio": round(state.computed_tokens / state.real_tokens, 4) if state.real_tokens else None,
+            "diverged": False,
+            "skipped_steps": state.skipped_steps,
         }
         self.tracker.log({f"test_{k}": v for k, v in test.items()} | {"fwd_passes": state.fwd_passes}, state.step)
         self.tracker.summary(summary)

@@ -3,11 +3,18 @@
 Order matters: every cheap check (config values, solver hyperparameters, dataset files and
 columns) runs before the model loads, so bad input costs seconds, not a 26 GB download. A
 ConfigError is printed as one line and the run directory Hydra just created is removed.
+
+How a run ends (one line on stderr, and the exit code; see zoexp/errors.py): bad input or an
+unusable run dir -> `error: <field>: ...`, 2; training diverged -> 3 (summary.json says
+`diverged: true`); SIGTERM -> a message and 143 (after a checkpoint); a full disk -> 1 with what
+survived. In a sweep (MULTIRUN) the job raises instead of exiting, so the sweeper records it
+as failed and runs the others (`zoexp.summarize.SummaryCallback`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,10 +24,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zoexp.errors import ConfigError
+from zoexp.checkpoint import WRITE_ERRNOS, WriteFailed, os_error
+from zoexp.errors import ConfigError, Diverged, RunDirError, Terminated
+from zoexp.jsonl import CorruptFile
+from zoexp.rundir import RunLock, claim, resolve
+from zoexp.signals import NEVER, GracefulStop
+from zoexp.solvers.base import check, finite_number
 
 log = logging.getLogger("zoexp")
 RESULT_FILES = ("metrics.jsonl", "summary.json", "checkpoint.pt", "trajectory.jsonl")
+ON_DIVERGENCE = ("stop", "skip_step")
 
 
 def _instantiate(node: DictConfig, group: str, **kwargs):
@@ -42,15 +55,41 @@ def build_peft(cfg: DictConfig):
     return _instantiate(cfg.peft, "peft")
 
 
+def check_run_config(cfg: DictConfig) -> None:
+    """The top-level knobs and the values the run reads directly (not through a constructor)."""
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    check("eval_batch_size", integer(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, cfg.eval_batch_size,
+          "an integer >= 1")
+    check("checkpoint_every", integer(cfg.checkpoint_every) and cfg.checkpoint_every >= 0, cfg.checkpoint_every,
+          "an integer >= 0 (0: no periodic checkpoints)")
+    for key in ("group_by_length", "keep_best"):
+        check(key, isinstance(cfg[key], bool), cfg[key], "true or false")
+    on_divergence = cfg.get("on_divergence", "stop")
+    check("on_divergence", on_divergence in ON_DIVERGENCE, on_divergence, " or ".join(ON_DIVERGENCE))
+    progress = cfg.get("progress_every_s", 30)
+    check("progress_every_s", finite_number(progress) and progress >= 0, progress,
+          "a number of seconds >= 0 (0: no progress lines)")
+    check("hardware.seed", integer(cfg.hardware.seed) and cfg.hardware.seed >= 0, cfg.hardware.seed,
+          "an integer >= 0")
+    check("model.max_length", integer(cfg.model.max_length) and cfg.model.max_length >= 2, cfg.model.max_length,
+          "an integer >= 2 (prompt and answer tokens the model sees)")
+
+
 def prepare(cfg: DictConfig) -> dict:
     """Everything that can be checked without the model: returns the built cheap objects
     (and joins the other processes of a distributed run, whose split the solver checks)."""
     from zoexp.distributed import init_ranks
     from zoexp.model import check_model_source, resolve_device, resolve_dtype
+    from zoexp.typecheck import check_node
 
+    check_run_config(cfg)
     device = resolve_device(cfg.hardware.device)
     resolve_dtype(cfg.model.dtype)
     check_model_source(cfg.model.name)
+    for group in ("task", "solver", "peft"):
+        check_node(cfg.get(group), group)
     task = _instantiate(cfg.task, "task")
     solver = _instantiate(cfg.solver, "solver")
     peft_config = build_peft(cfg)
@@ -70,7 +109,7 @@ def prepare(cfg: DictConfig) -> dict:
             "ranks": ranks}
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> dict:
+def execute(cfg: DictConfig, run_dir: Path, stop: GracefulStop = NEVER) -> dict:
     from zoexp.checkpoint import Checkpointer
     from zoexp.distributed import close
     from zoexp.loop import Loop
@@ -78,6 +117,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     from zoexp.objectives import CandidateScorer, build_objective
     from zoexp.tracking import Tracker
 
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        log.info("SLURM job %s restarted (requeue #%s): continuing in %s", os.environ.get("SLURM_JOB_ID", "?"),
+                 os.environ["SLURM_RESTART_COUNT"], run_dir)
     parts = prepare(cfg)
     torch.manual_seed(cfg.hardware.seed)
     bundle = load_model(cfg.model.name, cfg.model.dtype, parts["device"], parts["peft"],
@@ -97,19 +139,24 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         loop = Loop(solver, objective, parts["task"], parts["data"], tracker,
                     Checkpointer(shared_dir, every=cfg.checkpoint_every, write=ranks.main),
                     bundle.device, seed=cfg.hardware.seed, eval_batch_size=cfg.eval_batch_size,
-                    group_by_length=cfg.group_by_length, keep_best=cfg.keep_best, ranks=ranks)
+                    group_by_length=cfg.group_by_length, keep_best=cfg.keep_best, ranks=ranks,
+                    on_divergence=cfg.get("on_divergence", "stop"),
+                    progress_every_s=cfg.get("progress_every_s", 30), stop=stop)
         summary = loop.run()
     finally:
         tracker.finish()
         close(ranks)
     if not ranks.main:
         if shared_dir != run_dir:
-            _remove_if_empty_run(run_dir)  # what Hydra wrote for this process alone
+            _remove_if_empty_run(run_dir, ours=True)  # what Hydra wrote for this process alone
         return summary
     metric = summary["metric"]
-    print(f"dev {metric}: {summary[f'best_dev_{metric}']:.4f} (best, step {summary['best_step']})   "
-          f"test {metric}: {summary.get(f'test_{metric}', float('nan')):.4f}   "
-          f"fwd passes: {summary['fwd_passes']}   run dir: {run_dir}")
+    best = summary[f"best_dev_{metric}"]
+    dev = (f"dev {metric}: {best:.4f} (best, step {summary['best_step']})" if best is not None
+           else f"dev {metric}: - (no dev examples: task.num_dev=0)")
+    skipped = f"   skipped steps: {summary['skipped_steps']}" if summary.get("skipped_steps") else ""
+    print(f"{dev}   test {metric}: {summary.get(f'test_{metric}', float('nan')):.4f}   "
+          f"fwd passes: {summary['fwd_passes']}{skipped}   run dir: {run_dir}")
     return summary
 
 
@@ -119,24 +166,68 @@ def _build_wandb(cfg: DictConfig, run_dir: Path):
     return hydra.utils.instantiate(cfg.logger, cfg=cfg, run_dir=str(run_dir))
 
 
-def _remove_if_empty_run(run_dir: Path) -> None:
-    """Remove what Hydra wrote for a run that failed validation (no results in it)."""
-    if run_dir.is_dir() and not any((run_dir / f).exists() for f in RESULT_FILES):
-        shutil.rmtree(run_dir, ignore_errors=True)
+def _remove_if_empty_run(run_dir: Path, ours: bool = False) -> None:
+    """Remove what Hydra wrote for a run that failed validation (no results in it), if this
+    process owns the directory (its lock, or `ours`) -- never one another process writes."""
+    lock = RunLock.held(run_dir)
+    if (lock is None and not ours) or not run_dir.is_dir() or any((run_dir / f).exists() for f in RESULT_FILES):
+        return
+    if lock is not None:
+        lock.release()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _diverged_message(err: Diverged, cfg: DictConfig) -> str:
+    solver = cfg.get("solver") or {}
+    knobs = ", ".join(f"solver.{k}={solver[k]}" for k in ("lr", "eps") if k in solver)
+    return (f"error: {err} ({knobs}); the step was not applied and the run stopped (on_divergence=stop; "
+            f"summary.json says diverged: true, no test score) -- lower solver.lr, or on_divergence=skip_step "
+            f"to skip such steps")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Entry point called by main.py's @hydra.main."""
+    """Entry point called by main.py's @hydra.main: runs `execute` and turns each way a run can
+    end badly into one line and an exit code (or, in a sweep, a failed job)."""
+    from zoexp.distributed import launched_rank
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    stop = GracefulStop().install()
+
+    def fail(line: str, code: int, err: BaseException):
+        print(line, file=sys.stderr)
+        if multirun and code != 143:
+            raise err  # let the sweeper record this job as failed; the others still run
+        sys.exit(code)
+
     try:
-        return execute(cfg, run_dir)
+        claim(run_dir, resolve(cfg), writer=launched_rank() == 0)
+        return execute(cfg, run_dir, stop)
+    except RunDirError as err:
+        fail(f"error: {err}", 2, err)
     except ConfigError as err:
         logging.shutdown()
         _remove_if_empty_run(run_dir)
-        print(f"error: {err}", file=sys.stderr)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise  # let the sweeper record this job as failed; others still run
-        sys.exit(2)
+        fail(f"error: {err}", 2, err)
+    except CorruptFile as err:
+        fail(f"error: {err}", 2, err)
+    except Diverged as err:
+        fail(_diverged_message(err, cfg), 3, err)
+    except Terminated as err:
+        fail(f"{err} (run dir: {run_dir})", 143, err)
+    except WriteFailed as err:
+        fail(f"error: {err}", 1, err)
+    except (OSError, RuntimeError) as err:
+        cause = os_error(err)
+        if cause is None or cause.errno not in WRITE_ERRNOS:
+            raise
+        fail(f"error: {cause.filename or run_dir}: {cause.strerror}; files already written are intact (the "
+             f"last checkpoint too) -- fix that and rerun the same command to resume", 1, err)
+    finally:
+        stop.uninstall()
+        lock = RunLock.held(run_dir)
+        if lock is not None:
+            lock.release()
 
 
 def resolved(cfg: DictConfig) -> dict:

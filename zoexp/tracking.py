@@ -1,9 +1,11 @@
 """Tracker: every metric goes to `metrics.jsonl` in the run directory, and to W&B when asked.
 
 The local file is the source of truth (tests, sweep summaries and resume read it); W&B is a
-mirror for comparing runs. `truncate(n)` cuts the file back to the first n records when a
-run resumes from a checkpoint, so a resumed run's file equals an uninterrupted run's.
-With several processes only rank 0 writes (`write=False` elsewhere).
+mirror for comparing runs. The file is append-only JSONL (`zoexp.jsonl`): `truncate(n)` cuts
+it back to the first n records when a run resumes from a checkpoint (dropping a line torn by
+a kill), and `truncate(0)` empties it when a run starts without one, so the file always holds
+exactly the records of the steps the run has taken, each once. With several processes only
+rank 0 writes (`write=False` elsewhere).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
+from zoexp import jsonl
+from zoexp.jsonl import CorruptFile
 
 
 def _jsonable(value):
@@ -31,23 +36,34 @@ class Tracker:
         self.records += 1
         if not self.write:
             return
-        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        jsonl.append(self.metrics_path, {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}})
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
-    def truncate(self, records: int) -> None:
-        """Keep the first `records` lines (resume point); drop what a killed run wrote after."""
-        lines = self.metrics_path.read_text().splitlines(keepends=True) if self.metrics_path.exists() else []
+    def sync(self) -> None:
+        """Make every record logged so far durable (before a checkpoint counts them)."""
         if self.write:
-            self.metrics_path.write_text("".join(lines[:records]))
-        self.records = min(records, len(lines))
+            jsonl.sync(self.metrics_path)
+
+    def truncate(self, records: int) -> int:
+        """Keep the first `records` records (the resume point; 0 for a fresh start) and drop
+        what an interrupted run wrote after them. Returns how many records were dropped."""
+        lines = jsonl.read_lines(self.metrics_path)
+        if self.write and len(lines) < records:
+            raise CorruptFile(self.metrics_path, f"holds {len(lines)} records but the checkpoint counts "
+                              f"{records}; allowed: the file as the run wrote it")
+        kept = [raw for raw, _ in lines[:records]]
+        if self.write and self.metrics_path.exists() and sum(map(len, kept)) != self.metrics_path.stat().st_size:
+            jsonl.rewrite(self.metrics_path, kept)
+        self.records = records
+        return max(len(lines) - records, 0)
 
     def summary(self, values: dict) -> None:
         if not self.write:
             return
-        self.summary_path.write_text(json.dumps({k: _jsonable(v) for k, v in values.items()}, indent=2) + "\n")
+        tmp = self.summary_path.with_name(self.summary_path.name + ".tmp")
+        tmp.write_text(json.dumps({k: _jsonable(v) for k, v in values.items()}, indent=2) + "\n")
+        tmp.replace(self.summary_path)  # a finished run is marked by a whole summary.json only
         if self.wandb is not None:
             self.wandb.summary(values)
 

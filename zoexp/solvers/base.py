@@ -5,18 +5,26 @@ hyperparameters (bad input fails fast); `setup` then hands it the trainable para
 the objective. `step` runs one optimisation step on a batch and returns a `StepResult`,
 whose `record` is what `replay` needs to redo the update without the data (the seed
 trajectory of a ZO run).
+
+Divergence: every solver calls `ensure_finite` after computing a step's update and *before*
+applying it; a non-finite loss, projected gradient or record value raises `Diverged`, so a
+NaN never reaches the weights or the trajectory, and the loop applies the run's
+`on_divergence` policy (stop, or skip the step). `ZOSolver.finish` does this for every seeded
+ZO solver; a solver that applies its own update (MeZO, the first-order ones) calls it itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from zoexp.distributed import Ranks
-from zoexp.errors import ConfigError
+from zoexp.errors import ConfigError, Diverged
 
 LR_SCHEDULES = ("constant", "linear")
+SEED_BITS = (31, 64)  # 64: the whole Philox key; 31: trajectories of format version 1
 
 
 @dataclass
@@ -43,16 +51,30 @@ def engine_options(dist: str, exact: bool, stochastic_rounding: bool) -> dict:
     return {"dist": dist, "exact": exact, "stochastic_rounding": stochastic_rounding}
 
 
-def derive_seed(base: int, *keys: int) -> int:
-    """A 31-bit seed that is a pure function of (base seed, step, direction...): resumable, replayable."""
-    digest = hashlib.blake2b(":".join(map(str, (base, *keys))).encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") >> 1
+def derive_seed(base: int, *keys: int, bits: int = 64) -> int:
+    """A seed that is a pure function of (base seed, step, direction...): resumable, replayable.
+
+    64 bits fill the Philox key (`kernels.philox`), so a 20k-step x 40-direction run draws
+    800k seeds with a ~1e-8 chance of any repeat (31 bits repeated ~150 of them). `bits=31`
+    is the derivation of trajectory format version 1, kept so old runs replay."""
+    text = ":".join(map(str, (base, *keys))).encode()
+    if bits == 31:
+        return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little") >> 1
+    if bits != 64:
+        raise ValueError(f"seed bits: got {bits}; allowed: {SEED_BITS}")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+
+
+def finite_number(value) -> bool:
+    """An int or float (not a bool) that is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Solver:
     """Base class. `trains = False` for evaluation-only solvers (zero-shot, ICL)."""
 
     trains = True
+    seed_bits = 64  # direction seeds: 64 bits, or 31 to continue / replay a format-1 trajectory
 
     def __init__(self, steps: int = 0, batch_size: int = 16, eval_every: int = 0,
                  lr: float = 0.0, lr_schedule: str = "constant", weight_decay: float = 0.0,
@@ -62,10 +84,11 @@ class Solver:
         check("solver.batch_size", isinstance(batch_size, int) and batch_size >= 1, batch_size, "an integer >= 1")
         check("solver.eval_every", isinstance(eval_every, int) and eval_every >= 0, eval_every,
               "an integer >= 0 (0: evaluate at the end only)")
-        check("solver.lr", isinstance(lr, (int, float)) and lr >= 0, lr, "a number >= 0")
+        check("solver.lr", finite_number(lr) and lr >= 0, lr, "a finite number >= 0")
         check("solver.lr_schedule", lr_schedule in LR_SCHEDULES, lr_schedule, str(list(LR_SCHEDULES)))
-        check("solver.weight_decay", isinstance(weight_decay, (int, float)) and weight_decay >= 0,
-              weight_decay, "a number >= 0")
+        check("solver.weight_decay", finite_number(weight_decay) and weight_decay >= 0,
+              weight_decay, "a finite number >= 0")
+        check("solver.seed", isinstance(seed, int) and not isinstance(seed, bool), seed, "an integer")
         self.steps, self.batch_size, self.eval_every = steps, batch_size, eval_every
         self.lr, self.lr_schedule, self.weight_decay = float(lr), lr_schedule, float(weight_decay)
         self.seed = seed
@@ -114,11 +137,45 @@ class Solver:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def set_seed_bits(self, bits: int) -> None:
+        """Derive direction seeds as trajectory format `bits` did (64, or 31 for version 1)."""
+        if bits not in SEED_BITS:
+            raise ValueError(f"seed bits: got {bits}; allowed: {SEED_BITS}")
+        self.seed_bits = bits
+
+    def ensure_finite(self, step: int, loss: float, grads: Sequence[float] = (),
+                      record: dict | None = None) -> None:
+        """Raise Diverged unless the step's loss, projected gradients and record numbers are
+        all finite. Call it after computing an update and before applying it."""
+        if not math.isfinite(float(loss)):
+            raise Diverged(step, "the training loss", float(loss))
+        for g in grads:
+            if not math.isfinite(float(g)):
+                raise Diverged(step, "the projected gradient", float(g))
+        for key, value in _numbers(record or {}):
+            if not math.isfinite(value):
+                raise Diverged(step, f"the update's {key}", value)
+
     # ---- shared helpers ------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         if self.lr_schedule == "linear":
             return self.lr * max(0.0, 1.0 - step / max(self.steps, 1))
         return self.lr
 
+    def derive(self, *keys: int) -> int:
+        return derive_seed(self.seed, *keys, bits=self.seed_bits)
+
     def direction_seed(self, step: int, k: int = 0) -> int:
-        return derive_seed(self.seed, step, k)
+        return self.derive(step, k)
+
+
+def _numbers(tree, prefix: str = ""):
+    """(key, float) for every float in a JSON-like record (ints -- seeds, steps -- are exact)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _numbers(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _numbers(value, prefix)
+    elif isinstance(tree, float):
+        yield prefix, tree

@@ -48,6 +48,7 @@ class FirstOrder(Solver):
             loss = self.objective.loss_tensor(batch)
             loss.backward()
         grad_norm = torch.sqrt(sum(p.grad.float().pow(2).sum() for p in self.params if p.grad is not None))
+        self.ensure_finite(step, loss.item(), [grad_norm.item()])  # before the optimizer applies it
         self.optimizer.step()
         return StepResult(loss=loss.item(), metrics={"grad_norm": grad_norm.item(), "lr": lr})
 

@@ -12,6 +12,7 @@ anything else reads the weights (evaluation, checkpoint, the end of training).
 
 from __future__ import annotations
 
+from zoexp.errors import Diverged
 from zoexp.perturb import PerturbationEngine
 from zoexp.solvers.base import Solver, StepResult, check, engine_options
 
@@ -42,6 +43,11 @@ class MeZO(Solver):
         grad = (loss_plus - loss_minus) / (2 * eps)
         lr = self.lr_at(step)
         record = {"seed": seed, "coef": -lr * grad, "decay": lr * self.weight_decay}
+        try:
+            self.ensure_finite(step, (loss_plus + loss_minus) / 2, [grad], record)
+        except Diverged:
+            engine.restore(seed, -eps)  # leave theta as it was: the step is not applied
+            raise
         if engine.exact or step + 1 >= self.steps:
             engine.restore_and_update(seed, -eps, record["coef"], record["decay"])
         else:  # in place: the next step's perturbation rides on this sweep

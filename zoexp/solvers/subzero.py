@@ -38,8 +38,10 @@ class LowRankDirections(ComposedVerbs):
         self.subspace: int | None = None
         self.bases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    seed_bits = 64  # SubZero.set_seed_bits sets 31 to replay a format-1 trajectory
+
     def _generator(self, *keys: int) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.seed, *keys))
+        return torch.Generator().manual_seed(derive_seed(self.seed, *keys, bits=self.seed_bits))
 
     def use_subspace(self, index: int) -> None:
         """Regenerate every matrix's (U, V) for subspace `index` (a no-op if already current)."""
@@ -101,7 +103,13 @@ class SubZero(ZOSolver):
 
     def make_directions(self) -> LowRankDirections | ExactDirections:
         self.low_rank = LowRankDirections(self.params, self.rank, self.seed)
+        self.low_rank.seed_bits = self.seed_bits
         return ExactDirections(self.params, self.low_rank) if self.exact else self.low_rank
+
+    def set_seed_bits(self, bits: int) -> None:
+        super().set_seed_bits(bits)
+        if self.low_rank is not None:
+            self.low_rank.seed_bits, self.low_rank.subspace = bits, None
 
     def subspace_index(self, step: int) -> int:
         return step // self.update_interval

@@ -102,8 +102,10 @@ class ZOSolver(Solver):
 
     def finish(self, step: int, seeds: list[int], grads: list[float], loss: float,
                metrics: dict | None = None) -> StepResult:
-        """Apply the update through `replay`, so a recorded step and its replay are one code path."""
+        """Apply the update through `replay`, so a recorded step and its replay are one code path
+        (after `ensure_finite`: a diverged step never reaches the weights)."""
         record = self.make_record(step, seeds, grads)
+        self.ensure_finite(step, loss, grads, record)
         self.replay(record)
         return StepResult(loss=loss, record=record, metrics={
             "proj_grad": sum(grads) / len(grads), "lr": self.lr_at(step), **(metrics or {})})
