@@ -102,10 +102,7 @@ class Task:
 
         datasets.disable_progress_bars()  # one line per split is noise in a sweep's logs
         if self.data_dir is not None:
-            path = self._local_file(split)
-            kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-            ds = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path),
-                                       split="train", **kwargs)
+            ds = self._load_local(self._local_file(split))
         else:
             try:
                 ds = datasets.load_dataset(*self.hub_path, split=split)
@@ -119,8 +116,48 @@ class Task:
                               f"{self.name} {split} data lacks column(s) {missing}; "
                               f"required columns: {list(self.required_columns)}")
         rows = ds.to_list()
+        self._check_present(rows, split)
         self._check_labels(rows, split)
         return rows
+
+    def _load_local(self, path: Path):
+        """A local file through `datasets`, its parse errors turned into one line naming the file."""
+        import datasets
+
+        field = "task.data_dir"
+        fmt = path.suffix.lstrip(".").upper()
+        allowed = (f"allowed: a well-formed UTF-8 {fmt} file with {'a header row naming the columns and ' if fmt in ('CSV', 'TSV') else ''}"
+                   f"one example per {'row' if fmt != 'JSON' else 'object'}")
+        if path.stat().st_size == 0:
+            raise ConfigError(field, f"{path} is empty (0 bytes); {allowed}")
+        kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own error lines would double ours
+        try:
+            ds = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - pandas / arrow / unicode errors, wrapped by datasets
+            if "corresponds to no data" in str(exc):
+                raise ConfigError(field, f"{path} has no rows (a header only?); {allowed}") from None
+            raise ConfigError(field, f"cannot read {path} ({_root_cause(exc)}); {allowed}") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
+        if len(ds) == 0:
+            raise ConfigError(field, f"{path} has no rows; {allowed}")
+        return ds
+
+    def _check_present(self, rows: list[dict], split: str) -> None:
+        """A required column left empty (null in JSON, a missing or empty CSV field) is named
+        here rather than failing later inside a prompt template."""
+        if self.data_dir is None:
+            return  # hub datasets are what they are; this guards hand-made local files
+        columns = list(self.required_columns)
+        for number, row in enumerate(rows, start=1):
+            for column in columns:
+                value = row.get(column)
+                if value is None or (isinstance(value, float) and value != value):
+                    raise ConfigError("task.data_dir", f"{self._local_file(split)} row {number}: column "
+                                      f"'{column}' is empty (null); allowed: a value in every row of "
+                                      f"columns {columns}")
 
     def _local_file(self, split: str) -> Path:
         root = Path(self.data_dir)
@@ -180,3 +217,14 @@ class Task:
             dev += picked[self.k_shot:]
         rng.shuffle(train)
         return train, dev
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost useful exception (datasets wraps the parser's)."""
+    chain = []
+    while exc is not None and len(chain) < 8:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    inner = next((e for e in chain[1:] if str(e).strip()), chain[0])
+    first = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    return f"{type(inner).__name__}: {first.replace('Error tokenizing data. ', '')}"

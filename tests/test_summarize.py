@@ -123,6 +123,7 @@ def test_callback_records_failures_and_writes_summary(sweep: Path) -> None:
         ret = JobReturn(overrides=["solver.n_perts=0"], working_dir="/cwd", status=JobStatus.FAILED)
         ret.return_value = ValueError(message)
         callback.on_job_end(config, ret)
+        assert ret.status == JobStatus.COMPLETED and ret.return_value is None  # recorded: the sweep goes on
 
     fail("3", "Traceback ...\nsolver.n_perts: got 0; allowed: an integer >= 1")
     fail("8", "solver.lr: got -1.0; allowed: a number >= 0")  # its folder was removed by the run
@@ -130,7 +131,9 @@ def test_callback_records_failures_and_writes_summary(sweep: Path) -> None:
     assert [(j.name, j.error) for j in summary.failed] == [
         ("3", "ValueError: solver.n_perts: got 0; allowed: an integer >= 1"),
         ("8", "ValueError: solver.lr: got -1.0; allowed: a number >= 0")]
-    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    with pytest.raises(SystemExit) as ended:  # the summary is written, then the sweep says it failed
+        callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert ended.value.code == 1
     assert "- job 8 (solver.n_perts=0): ValueError: solver.lr" in (sweep / "summary.md").read_text()
     assert (sweep / "heatmap.png").exists()
 

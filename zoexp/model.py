@@ -64,6 +64,21 @@ def check_model_source(name: str) -> None:
     if looks_like_path and not Path(name).expanduser().is_dir():
         raise ConfigError("model.name", f"no such directory {name!r}; allowed: a Hugging Face hub id "
                           f"(e.g. facebook/opt-13b) or an existing local model directory")
+    if Path(name).expanduser().is_dir():
+        check_model_dir(Path(name).expanduser())
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
+
+
+def check_model_dir(folder: Path) -> None:
+    """A local model folder needs config.json and weights (what save_pretrained writes)."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_FILES):
+        missing.append("weights (*.safetensors or *.bin)")
+    if missing:
+        raise ConfigError("model.name", f"{str(folder)!r} has no {' and no '.join(missing)}; allowed: a model "
+                          f"directory as save_pretrained writes it, or a Hugging Face hub id")
 
 
 @dataclass
@@ -136,8 +151,8 @@ def load_model(name: str, dtype: str, device: torch.device, peft_config=None,
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=tdtype, revision=revision)
-    except OSError as exc:  # not on the hub, not cached offline, or not a model folder
-        first = str(exc).strip().splitlines()[0]
+    except (OSError, ValueError, RuntimeError) as exc:  # not on the hub / cached, or a damaged folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError("model.name", f"cannot load {name!r} ({first}); allowed: a Hugging Face "
                           f"hub id reachable or cached, or a local model directory") from None
     if tokenizer.pad_token is None:

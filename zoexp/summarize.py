@@ -23,7 +23,11 @@ Contract with the run (what this module reads from `<multirun dir>/<job>/`):
 - `<multirun dir>/.failed/<job>.json` (written by `SummaryCallback.on_job_end`): the overrides
   and the one-line error of a job that raised, even if its folder was removed.
 
-A job without `summary.json` is listed as failed, never fatal.
+A job without `summary.json`, or whose summary says `diverged: true`, is listed as failed,
+never fatal; so is a job whose files are damaged (the warning names the file). A folder that
+looks like a job but has no `.hydra/overrides.yaml` is dropped, with a warning that says so.
+When jobs failed, `SummaryCallback` still writes the summary, then ends the sweep with exit
+code 1 (the sweep continues past a failed job: its failure is recorded, not raised).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from zoexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +104,63 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+JOB_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", ".hydra/config.yaml")  # what marks a job folder
+
+
 def _job_dirs(sweep_dir: Path) -> list[Path]:
-    return [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    for folder in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p not in jobs):
+        if any((folder / f).exists() for f in JOB_FILES):
+            log.warning("job %s: dropped from the summary: %s has no .hydra/overrides.yaml (which says what "
+                        "the job ran)", folder.name, folder)
+    return jobs
+
+
+def _read(path: Path, parse, what: str):
+    """`parse(text)` of a job file, or (None, the one-line reason) when it is damaged."""
+    try:
+        return parse(path.read_text()), None
+    except (OSError, ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("%s: corrupt %s, ignored (%s)", path, what, first)
+        return None, f"corrupt {path.name} ({first})"
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
-    failures = {p.stem: json.loads(p.read_text()) for p in (sweep_dir / FAILED_DIR).glob("*.json")}
+    failures = {}
+    for p in (sweep_dir / FAILED_DIR).glob("*.json"):
+        failure, problem = _read(p, json.loads, "failure record")
+        if isinstance(failure, dict) and "error" in failure:
+            failures[p.stem] = failure
+        elif problem is None:
+            log.warning("%s: corrupt failure record, ignored (not a JSON object with 'error')", p)
     jobs = []
     for path in _job_dirs(sweep_dir):
-        overrides = _parse_overrides(yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or [])
+        listed, problem = _read(path / ".hydra" / "overrides.yaml", yaml.safe_load, "overrides file")
+        if problem is None and not isinstance(listed or [], list):
+            problem = "corrupt overrides.yaml (not a list)"
+            log.warning("%s: %s, ignored", path / ".hydra" / "overrides.yaml", problem)
+        overrides = _parse_overrides([str(o) for o in listed or []]) if problem is None else {}
         summary_path = path / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        summary = None
+        if summary_path.exists():
+            summary, bad = _read(summary_path, json.loads, "summary")
+            if bad is None and not isinstance(summary, dict):
+                summary, bad = None, "corrupt summary.json (not a JSON object)"
+            problem = problem or bad
         failure = failures.pop(path.name, None)
-        error = None
-        if summary is None:
+        error = problem
+        if summary is not None and summary.get("diverged"):
+            error = f"diverged: {summary.get('diverged_reason', 'non-finite loss')}"
+            summary = None
+        elif summary is None and error is None:
             error = failure["error"] if failure else "no summary.json (job failed, was killed, or is still running)"
+        elif error is not None:
+            summary = None
         jobs.append(Job(path.name, path, overrides, summary, error))
     for name, failure in failures.items():  # failed before its folder was kept (e.g. bad config)
-        jobs.append(Job(name, sweep_dir / name, _parse_overrides(failure["overrides"]), None, failure["error"]))
+        jobs.append(Job(name, sweep_dir / name, _parse_overrides(failure.get("overrides") or []), None,
+                        failure["error"]))
     return sorted(jobs, key=lambda j: (0, int(j.name)) if j.name.isdigit() else (1, j.name))
 
 
@@ -133,10 +178,15 @@ def _lookup(job: Job, key: str) -> Any:
     hydra_dir = job.path / ".hydra"
     if not (hydra_dir / "config.yaml").exists():
         return None
-    value = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), key, default=None)
-    if (value is None or OmegaConf.is_config(value)) and (hydra_dir / "hydra.yaml").exists():
-        choices = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices")
-        value = choices.get(key) if choices is not None else None  # a group: its chosen option
+    try:
+        value = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), key, default=None)
+        if (value is None or OmegaConf.is_config(value)) and (hydra_dir / "hydra.yaml").exists():
+            choices = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices")
+            value = choices.get(key) if choices is not None else None  # a group: its chosen option
+    except Exception as exc:  # noqa: BLE001 - a damaged YAML file: the value is unknown
+        log.warning("job %s: cannot read %s from %s (%s)", job.name, key, hydra_dir,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return None
     return None if OmegaConf.is_config(value) else value
 
 
@@ -183,9 +233,13 @@ class Summary:
 def summarize(sweep_dir: Path | str, keys: Sequence[str] | None = None) -> Summary:
     """Read every job of a multirun and aggregate best dev / test per configuration."""
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError("sweep_dir", f"got {sweep_dir}: no such directory; allowed: a multirun directory "
+                          "(multirun/<date>/<time>)")
     jobs = load_jobs(sweep_dir)
     if not jobs:
-        raise FileNotFoundError(f"{sweep_dir}: no jobs found (neither <n>/.hydra/overrides.yaml nor {FAILED_DIR}/)")
+        raise ConfigError("sweep_dir", f"got {sweep_dir}: no jobs found (neither <n>/.hydra/overrides.yaml nor "
+                          f"{FAILED_DIR}/); allowed: a multirun directory (multirun/<date>/<time>)")
     if keys is None:
         keys = [k for k in swept_keys(jobs) if not k.endswith(SEED_SUFFIX)]
     keys = list(keys)
@@ -328,7 +382,7 @@ def report(sweep_dir: Path | str, keys: Sequence[str] | None = None, out: Path |
     if axes is not None and summary.rows:
         for key in axes:
             if key not in summary.keys:
-                raise ValueError(f"--heatmap key {key!r} is not a grouping key; allowed: {summary.keys}")
+                raise ConfigError("--heatmap", f"got {key!r}, not a grouping key; allowed: {summary.keys}")
         paths["heatmap.png"] = heatmap(summary, axes[0], axes[1], out / "heatmap.png")
     log.info("sweep summary written: %s", ", ".join(str(p) for p in paths.values()))
     return summary
@@ -342,7 +396,9 @@ class SummaryCallback(Callback):
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        """Record a failed sweep job in <sweep dir>/.failed/<job>.json (its own folder may be gone)."""
+        """Record a failed sweep job in <sweep dir>/.failed/<job>.json (its own folder may be
+        gone), then mark it handled so the sweeper goes on (Hydra's sweepers raise on the first
+        failed job they see, which skips the remaining batches and this summary)."""
         mode = config.hydra.mode
         if job_return.status != JobStatus.FAILED or getattr(mode, "name", mode) != RunMode.MULTIRUN.name:
             return
@@ -353,13 +409,23 @@ class SummaryCallback(Callback):
         folder = Path(config.hydra.sweep.dir) / FAILED_DIR
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{Path(config.hydra.runtime.output_dir).name}.json").write_text(json.dumps(record) + "\n")
+        job_return.status, job_return._return_value = JobStatus.COMPLETED, None  # recorded, not raised
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            report(sweep_dir)
+            summary = report(sweep_dir)
         except Exception as exc:  # noqa: BLE001 - a summary must never turn a finished sweep into a crash
             log.warning("could not summarise %s: %s", sweep_dir, exc)
+            failed = list((sweep_dir / FAILED_DIR).glob("*.json"))
+            if failed:
+                print(f"error: sweep: {len(failed)} job(s) failed; see {sweep_dir / FAILED_DIR}", file=sys.stderr)
+                sys.exit(1)
+            return
+        if summary.failed:
+            print(f"error: sweep: {len(summary.failed)} of {len(summary.jobs)} jobs failed "
+                  f"({', '.join(j.name for j in summary.failed)}); see {sweep_dir / 'summary.md'}", file=sys.stderr)
+            sys.exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -372,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = report(args.sweep_dir, args.keys, args.out, args.heatmap)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # ConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if not summary.rows else 0
