@@ -107,7 +107,7 @@ def test_torchrun_end_to_end_matches_one_process(tmp_path, sst2_dir):
     assert not (tmp_path / "two_1").exists()  # rank 1's own Hydra dir is removed; it wrote nothing
     runs = {name: tmp_path / name for name in ("one", "two_0")}
     trajectory = {k: (d / "trajectory.jsonl").read_text() for k, d in runs.items()}
-    assert trajectory["one"] == trajectory["two_0"] and len(trajectory["one"].splitlines()) == 2
+    assert trajectory["one"] == trajectory["two_0"] and len(trajectory["one"].splitlines()) == 1 + 2  # header, 2 steps
     summary = {k: json.loads((d / "summary.json").read_text()) for k, d in runs.items()}
     assert summary["two_0"]["fwd_passes"] == summary["one"]["fwd_passes"] == 2 * 2 * 4
     for key in ("best_dev_accuracy", "test_accuracy"):

@@ -29,7 +29,8 @@ def test_single_run_writes_metrics_and_summary(tmp_path, sst2_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["fwd_passes"] == 8 and summary["metric"] == "accuracy"
     assert 0.0 <= summary["test_accuracy"] <= 1.0
-    assert len(_read_jsonl(run_dir / "trajectory.jsonl")) == 4
+    header, *records = _read_jsonl(run_dir / "trajectory.jsonl")
+    assert header["format"] == "zoexp-trajectory" and [r["step"] for r in records] == [0, 1, 2, 3]
 
 
 def test_multirun_gives_each_job_its_own_files(tmp_path, sst2_dir):

@@ -73,10 +73,15 @@ def _may_change(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
 
 
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # nan == nan
+
+
 def differing_keys(saved: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ (or exist on one side only), ignoring MAY_CHANGE."""
     a, b = flatten(saved), flatten(new)
-    return sorted(k for k in set(a) | set(b) if not _may_change(k) and a.get(k, "<absent>") != b.get(k, "<absent>"))
+    return sorted(k for k in set(a) | set(b)
+                  if not _may_change(k) and not _same(a.get(k, "<absent>"), b.get(k, "<absent>")))
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -92,7 +97,7 @@ def resolve(config: DictConfig) -> dict:
     """The task config, fully resolved. A missing mandatory value or a broken interpolation
     is bad input: ConfigError naming the key."""
     try:
-        return OmegaConf.to_container(task_config(config), resolve=True)
+        return OmegaConf.to_container(task_config(config), resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         if type(exc).__name__ == "MissingMandatoryValue":
@@ -102,14 +107,15 @@ def resolve(config: DictConfig) -> dict:
         raise ConfigError(key, f"cannot resolve ({first}); allowed: a value or a valid interpolation") from None
 
 
-def saved_config(run_dir: Path) -> dict | None:
-    """The resolved configuration a directory belongs to, or None for a directory without one."""
+def saved_config(run_dir: Path, hydra_copy: bool = True) -> dict | None:
+    """The resolved configuration a directory belongs to, or None for a directory without one.
+    `hydra_copy`: fall back to `.hydra/config.yaml` (before Hydra rewrites it: not in the task)."""
     path = run_dir / CONFIG_NAME
     try:
         if path.is_file():
             return yaml.safe_load(path.read_text())
         legacy = run_dir / ".hydra" / "config.yaml"
-        if legacy.is_file():
+        if hydra_copy and legacy.is_file():
             cfg = OmegaConf.load(legacy)
             try:
                 return OmegaConf.to_container(cfg, resolve=True)
@@ -138,9 +144,10 @@ def _describe(keys: list[str], saved: dict, new: dict, limit: int = 6) -> str:
     return "; ".join(parts) + more
 
 
-def check_same_config(run_dir: Path, resolved: dict, field: str = "hydra.run.dir") -> None:
+def check_same_config(run_dir: Path, resolved: dict, field: str = "hydra.run.dir",
+                      hydra_copy: bool = True) -> None:
     """RunDirError when `run_dir` belongs to another configuration."""
-    saved = saved_config(run_dir)
+    saved = saved_config(run_dir, hydra_copy)
     if saved is None:
         return
     keys = differing_keys(saved, resolved)
@@ -290,7 +297,7 @@ def claim(run_dir: Path, resolved: dict, writer: bool) -> RunLock | None:
     check it belongs to this configuration, and record the configuration if it is new."""
     lock = RunLock.acquire(run_dir) if writer else None
     try:
-        check_same_config(run_dir, resolved)
+        check_same_config(run_dir, resolved, hydra_copy=False)  # Hydra has just rewritten .hydra/
         if writer:
             save_config(run_dir, resolved)
     except BaseException:
