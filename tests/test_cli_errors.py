@@ -16,6 +16,20 @@ CASES = [
     (["task.data_dir=/no/such/data"], "task.data_dir: no such directory", "allowed"),
     (["hardware.dtype=fp8"], "model.dtype: got 'fp8'", "bf16"),
     (["objective=bleu"], "objective: got 'bleu'", "classification"),
+    # issue 15, item 7: accepted nonsense and Hydra's multi-line messages
+    (["solver.lr=true"], "solver.lr: got true (a boolean)", "a finite number"),
+    (["solver.exact=1"], "solver.exact: got 1", "true or false"),
+    (["task.num_train=true"], "task.num_train: got true (a boolean)", "an integer"),
+    (["model.max_length=0"], "model.max_length: got 0", "an integer >= 2"),
+    (["checkpoint_every=-1"], "checkpoint_every: got -1", "an integer >= 0"),
+    (["on_divergence=maybe"], "on_divergence: got 'maybe'", "stop or skip_step"),
+    (["solver.lrr=1"], "solver.lrr: not a config key", "lr, lr_schedule"),
+    (["+solver.lr=1"], "+solver.lr: solver.lr already exists", "solver.lr=<value>"),
+    (["solver.lr=1e-3,1e-2"], "solver.lr: got 1e-3,1e-2, a sweep", "-m to sweep"),
+    # issue 15, item 6: inputs that ended in tracebacks
+    (["model=hf"], "model.name: got no value", "model.name=..."),
+    (["hardware.seed=abc"], "hardware.seed: got 'abc'", "an integer >= 0"),
+    (["eval_batch_size=0"], "eval_batch_size: got 0", "an integer >= 1"),
 ]
 
 
@@ -42,3 +56,19 @@ def test_finished_run_dir_is_never_overwritten(tmp_path):
     proc = run_main(f"hydra.run.dir={run_dir}", timeout=300)
     assert proc.returncode != 0 and "already holds a finished run" in proc.stderr
     assert (run_dir / "summary.json").read_text() == "{}"
+
+
+def test_model_dir_without_weights(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert_fails_early(tmp_path, [f"model.name={folder}"], "model.name: ", "allowed: a model directory")
+
+
+def test_malformed_data_file_names_the_file(tmp_path):
+    data = tmp_path / "sst2"
+    data.mkdir()
+    (data / "train.tsv").write_text("sentence\tlabel\nnice\t1\nbad\t0\textra\n" * 20)
+    (data / "dev.tsv").write_text("sentence\tlabel\nnice\t1\n")
+    assert_fails_early(tmp_path, [f"task.data_dir={data}"], f"task.data_dir: cannot read {data / 'train.tsv'}",
+                       "allowed: a well-formed UTF-8 TSV file")

@@ -40,7 +40,12 @@ def _randint4x_kernel(out_ptr, seed, N: tl.constexpr):
     tl.store(out_ptr + offs * 4 + 3, r3.to(tl.int32, bitcast=True))
 
 
-@pytest.mark.parametrize("seed", [0, 12345, 2**31 - 1, 2**40 + 7])
+# direction seeds are 64-bit (zoexp.solvers.base.derive_seed); Triton passes a Python int as
+# int32, int64 or (>= 2**63) uint64, and both halves of the key must reach Philox unchanged
+BIG_SEEDS = [2**32 + 5, 2**40 + 7, 2**63 - 1, 2**63 + 5, 2**64 - 1]
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**31 - 1, *BIG_SEEDS])
 def test_reference_philox_matches_triton_randint4x(seed):
     out = torch.empty(64, 4, dtype=torch.int32, device=DEVICE)
     _randint4x_kernel[(1,)](out, seed, N=64)
@@ -78,6 +83,35 @@ def test_kernel_matches_reference(dtype, dist, grouped, monkeypatch):
                 assert mismatch == 0.0 if dist == "rademacher" else mismatch < 1e-3
             else:
                 torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_kernel_matches_reference_for_64_bit_seeds(dist):
+    """Every stage with a seed >= 2**32 (and >= 2**63, passed as uint64), one seed and two:
+    the kernels and the reference agree bit for bit (Rademacher; Gaussian to float tolerance),
+    and the upper half of the key matters (a seed and seed + 2**32 differ)."""
+    offsets = [13, 313, 5313, 5390]
+    for seed1, seed2 in zip(BIG_SEEDS, reversed(BIG_SEEDS)):
+        for op in (SweepOp(seed1=seed1, perturb_scale=1e-3),
+                   SweepOp(seed1=seed1, restore_scale=1e-3, coef=1e-2, decay=0.1, perturb_scale=2e-3,
+                           seed2=seed2),
+                   SweepOp(seed1=seed1, coef=-3e-4, stochastic=True)):
+            a, b = _tensors(torch.bfloat16), _tensors(torch.bfloat16)
+            K.sweep(a, offsets, op, dist)
+            R.sweep(b, offsets, op, dist)
+            mismatch = max((x != y).float().mean().item() for x, y in zip(a, b))
+            assert mismatch == 0.0 if dist == "rademacher" else mismatch < 1e-3
+        out = torch.empty(3000, device=DEVICE)
+        K.sweep([torch.zeros(3000, device=DEVICE)], [1000003], SweepOp(seed1=seed1, perturb_scale=1.0),
+                dist, out=[out])
+        ref = z_reference(seed1, 1000003, 3000, dist)
+        if dist == "rademacher":
+            assert torch.equal(out.cpu(), ref)
+        else:
+            torch.testing.assert_close(out.cpu(), ref, rtol=0, atol=1e-5)
+    low = z_reference(5, 0, 4096, dist)
+    assert not torch.equal(low, z_reference(5 + 2**32, 0, 4096, dist))
+    assert not torch.equal(low, z_reference(5 + 2**63, 0, 4096, dist))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
