@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import assert_fails_early, run_main
 from tests.fakes import QuadraticObjective, make_loop
-from zoexp.errors import Diverged
+from zoexp import errors  # (errors.Diverged: looked up in the tests, so this file imports on older code)
 from zoexp.solvers.fo_adam import FOAdam
 from zoexp.solvers.fo_sgd import FOSGD
 from zoexp.solvers.mezo import MeZO
@@ -50,7 +50,7 @@ def test_every_solver_refuses_a_nan_step_before_applying_it(name):
     solver.settle()
     before = [p.detach().clone() for p in params]
     objective.nan_at = {objective.scorer.forward_passes}  # the next forward pass returns nan
-    with pytest.raises(Diverged) as caught:
+    with pytest.raises(errors.Diverged) as caught:
         solver.step([], 1)
     assert caught.value.step == 1 and math.isnan(caught.value.value) and not caught.value.applied
     solver.settle()
@@ -65,7 +65,7 @@ def test_every_solver_refuses_a_nan_step_before_applying_it(name):
 def test_stop_ends_the_run_with_diverged_and_no_test_score(tmp_path):
     loop, objective = make_loop(tmp_path, MeZO(eps=1e-2, **COMMON), fresh(), every=2, keep_best=False,
                                 nan_at={10})  # forward passes: dev 0, steps 0-3: 1-8, dev 9, step 4: 10-11
-    with pytest.raises(Diverged) as caught:
+    with pytest.raises(errors.Diverged) as caught:
         loop.run()
     step = caught.value.step
     summary = json.loads((tmp_path / "summary.json").read_text())

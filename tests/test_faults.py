@@ -30,13 +30,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import zoexp.errors
 from tests.conftest import ROOT, run_main
 from tests.fakes import Killed, make_loop, outcome
 from zoexp import checkpoint as checkpoint_module
-from zoexp import jsonl
-from zoexp.checkpoint import WriteFailed
-from zoexp.errors import Terminated
-from zoexp.signals import GracefulStop
 from zoexp.solvers.mezo import MeZO
 from zoexp.solvers.zo_adam import ZOAdam
 
@@ -108,6 +105,8 @@ def test_killed_at_random_points_with_torn_lines_resumes_exactly(tmp_path, refer
 
 
 def test_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
+    from zoexp import jsonl
+
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"ste')
     assert [row for _, row in jsonl.read_lines(path)] == [{"step": 1}, {"step": 2}]
@@ -125,6 +124,8 @@ def test_a_fresh_run_truncates_what_a_crashed_fresh_run_left(tmp_path, reference
 
 
 def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(tmp_path, references):
+    from zoexp.signals import GracefulStop
+
     stop = GracefulStop().install()
     try:
         loop, objective = make_loop(tmp_path, SOLVERS["mezo"](), fresh(), every=3, stop=stop)
@@ -135,7 +136,7 @@ def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(tmp_path, references
                 os.kill(os.getpid(), signal.SIGTERM)
             return real_loss(batch)
         objective.loss = loss_then_signal
-        with pytest.raises(Terminated, match="stopped by SIGTERM at step 8 of 16"):
+        with pytest.raises(zoexp.errors.Terminated, match="stopped by SIGTERM at step 8 of 16"):
             loop.run()
     finally:
         stop.uninstall()
@@ -166,7 +167,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, referenc
                 OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, fh, *args, **kwargs)
     monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
-    with pytest.raises(WriteFailed) as caught:
+    with pytest.raises(checkpoint_module.WriteFailed) as caught:
         run_in_process(tmp_path, "mezo")
     message = str(caught.value)
     assert "No space left on device" in message and "checkpoint of step 9" in message
@@ -179,6 +180,8 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, referenc
 
 
 def test_full_disk_during_a_metrics_line_tears_it_and_resume_drops_it(tmp_path, references, monkeypatch):
+    from zoexp import jsonl
+
     real_append, calls = jsonl.append, []
 
     def failing_append(path, row):
@@ -286,11 +289,10 @@ def test_e2e_disk_fills_up_mid_run(sst2_dir, e2e_reference, tmp_path):
         run_dir = disk / "run"
         proc = start(run_dir, sst2_dir)
         wait_for_steps(run_dir, random.Random(1503).randint(4, 14), proc)
-        with (disk / "filler").open("wb") as fh:  # take every free byte
+        with (disk / "filler").open("wb", buffering=0) as fh:  # take every free byte (unbuffered)
             try:
                 while True:
                     fh.write(b"\0" * 4096)
-                    fh.flush()
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
         _, err = proc.communicate(timeout=300)

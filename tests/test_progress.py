@@ -14,12 +14,13 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from zoexp.progress import Progress
 
 LINE = re.compile(r"step (\d+)/5 \(\d+%\)  loss [\d.]+  best dev (-|[\d.]+)  [\d.]+ steps/s  ETA \d+:\d\d")
 
 
 def test_progress_lines_when_stdout_is_not_a_terminal(caplog):
+    from zoexp.progress import Progress
+
     caplog.set_level(logging.INFO, logger="zoexp")
     progress = Progress(total=5, initial=0, visible=True, every_s=1e-9)  # pytest captures: no terminal
     for step in range(1, 6):

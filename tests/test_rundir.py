@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, run_main
-from zoexp import rundir
 
 TINY = ["hardware=cpu", "peft=prompt", "solver.steps=4", "solver.batch_size=2", "solver.eval_every=0",
         "task.num_train=4", "task.num_dev=4", "task.num_eval=4", "checkpoint_every=2"]
@@ -49,6 +48,8 @@ def test_resuming_with_another_configuration_is_refused(tmp_path, sst2_dir):
 
 
 def test_only_keys_that_cannot_change_a_result_may_differ():
+    from zoexp import rundir
+
     saved = {"solver": {"lr": 0.01, "eps": 0.01}, "logger": {"_target_": None}, "checkpoint_every": 0,
              "hardware": {"seed": 0, "mem_gb": 64, "device": "cpu"}}
     new = {"solver": {"lr": 0.01, "eps": 0.01}, "logger": {"_target_": "wandb", "project": "x"},

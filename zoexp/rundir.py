@@ -165,13 +165,9 @@ def check_writable(run_dir: Path, field: str = "hydra.run.dir") -> None:
             break
     if parent.exists() and not parent.is_dir():
         raise RunDirError(field, f"got {run_dir}, but {parent} is a file; allowed: a directory path")
-    probe = parent / f".zoexp-write-test-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(field, f"got {run_dir}, but {parent} is not writable ({exc.strerror}); "
-                          f"allowed: a writable directory") from None
+    if not os.access(parent, os.W_OK | os.X_OK):  # also false on a read-only file system, for root too
+        raise RunDirError(field, f"got {run_dir}, but {parent} is not writable (permissions or a read-only "
+                          f"file system); allowed: a writable directory")
 
 
 # ---- the lock -------------------------------------------------------------------------------
@@ -326,10 +322,10 @@ class RunDirGuard(Callback):
         run_dir = Path(config.hydra.run.dir)
         try:
             resolved = resolve(config)
-            check_writable(run_dir)
             if (run_dir / "summary.json").exists():
                 raise RunDirError("hydra.run.dir", f"{run_dir} already holds a finished run; allowed: a new "
                                   "directory (the default is per-date/time) -- results are never overwritten")
+            check_writable(run_dir)
             check_same_config(run_dir, resolved)
             if launched_rank() == 0:
                 RunLock.acquire(run_dir)
@@ -339,11 +335,11 @@ class RunDirGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            check_writable(sweep_dir, "hydra.sweep.dir")
             done = sorted(p.parent.name for p in sweep_dir.glob("*/summary.json"))
             if done:
                 raise RunDirError("hydra.sweep.dir", f"{sweep_dir} already holds finished jobs {done}; allowed: "
                                   "a new directory (the default is per-date/time) -- results are never overwritten")
+            check_writable(sweep_dir, "hydra.sweep.dir")
             busy = [(p.parent.name, owner) for p in sorted(sweep_dir.glob(f"*/{LOCK_NAME}"))
                     if (owner := RunLock.busy(p.parent))]
             if busy:
