@@ -25,8 +25,6 @@ from tasks.base import Example
 from zoexp.errors import ConfigError
 
 
-
-
 @dataclass
 class Encoded:
     """Left-padded token ids for a batch."""
@@ -73,14 +71,20 @@ class CandidateScorer:
         keep = self.max_length - len(cont)
         return (prompt[-keep:] if keep > 0 else prompt[-1:]) + cont  # cut the prompt's start
 
-    def _logits(self, enc: Encoded, keep: int) -> torch.Tensor:
-        """Logits of the last `keep` positions (float32)."""
-        self.forward_passes += 1
-        self.computed_tokens += enc.input_ids.numel()
-        self.real_tokens += enc.real_tokens
-        positions = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                         position_ids=positions, logits_to_keep=keep)
+    def _logits(self, enc: Encoded, keep: int, groups: int = 1) -> torch.Tensor:
+        """Logits of the last `keep` positions (float32). `groups` > 1 pushes that many copies
+        of the batch through one forward (rows group-major: copy g is rows [g n, (g + 1) n)),
+        for probe strategies whose row groups see different perturbations; it counts as
+        `groups` forward passes, the number of probes it answers."""
+        self.forward_passes += groups
+        self.computed_tokens += enc.input_ids.numel() * groups
+        self.real_tokens += enc.real_tokens * groups
+        ids, mask = enc.input_ids, enc.attention_mask
+        if groups > 1:
+            ids, mask = ids.repeat(groups, 1), mask.repeat(groups, 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         logits_to_keep=keep)
         return out.logits[:, -keep:].float()
 
     def single_token_words(self, examples: Sequence[Example]) -> list[int] | None:
@@ -92,16 +96,19 @@ class CandidateScorer:
         return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
 
     # ---- scoring (differentiable when grad is enabled: the first-order baselines use it) ---
-    def score(self, examples: Sequence[Example]) -> torch.Tensor:
-        """[n_examples, n_candidates] log-likelihood of each candidate (padded with -inf)."""
+    def score(self, examples: Sequence[Example], groups: int = 1) -> torch.Tensor:
+        """[groups * n_examples, n_candidates] log-likelihood of each candidate (padded with
+        -inf); `groups` copies of the batch in one forward (see `_logits`)."""
         words = self.single_token_words(examples)
         if words is not None:
             seqs = [self._truncate(self._ids(ex.prompt, True), []) for ex in examples]
-            logp = self._logits(self._pad(seqs), keep=1)[:, -1].log_softmax(-1)
+            logp = self._logits(self._pad(seqs), keep=1, groups=groups)[:, -1].log_softmax(-1)
             return logp[:, words]
-        return self._score_pairs(examples, [list(range(len(ex.candidates))) for ex in examples])
+        return self._score_pairs(examples, [list(range(len(ex.candidates))) for ex in examples],
+                                 groups)
 
-    def _score_pairs(self, examples: Sequence[Example], which: list[list[int]]) -> torch.Tensor:
+    def _score_pairs(self, examples: Sequence[Example], which: list[list[int]],
+                     groups: int = 1) -> torch.Tensor:
         """Mean token log-prob of chosen candidates, one sequence per (example, candidate)."""
         seqs, span_lengths, owners = [], [], []
         for e, (ex, cand_idx) in enumerate(zip(examples, which)):
@@ -113,22 +120,26 @@ class CandidateScorer:
                 owners.append((e, c))
         enc = self._pad(seqs)
         keep = max(span_lengths) + 1  # a span of n tokens is predicted by the n positions before its end
-        logp = self._logits(enc, keep=keep).log_softmax(-1)
+        logp = self._logits(enc, keep=keep, groups=groups).log_softmax(-1)
         width = max(len(ex.candidates) for ex in examples)
-        out = torch.full((len(examples), width), float("-inf"), device=logp.device)
-        for row, (n, (e, c)) in enumerate(zip(span_lengths, owners)):
-            targets = enc.input_ids[row, -n:]
-            token_logp = logp[row, keep - n - 1 : keep - 1].gather(-1, targets[:, None]).squeeze(-1)
-            out[e, c] = token_logp.mean()
+        out = torch.full((groups * len(examples), width), float("-inf"), device=logp.device)
+        for g in range(groups):
+            for row, (n, (e, c)) in enumerate(zip(span_lengths, owners)):
+                targets = enc.input_ids[row, -n:]
+                token_logp = logp[g * len(seqs) + row, keep - n - 1 : keep - 1].gather(
+                    -1, targets[:, None]).squeeze(-1)
+                out[g * len(examples) + e, c] = token_logp.mean()
         return out
 
-    def gold_logprob(self, examples: Sequence[Example]) -> torch.Tensor:
-        """Mean log-prob of the gold continuation only (the teacher-forced LM objective)."""
+    def gold_logprob(self, examples: Sequence[Example], groups: int = 1) -> torch.Tensor:
+        """Mean log-prob of the gold continuation only (the teacher-forced LM objective),
+        [groups * n_examples]."""
         for ex in examples:
             if ex.label is None:
                 raise ValueError("the lm objective needs a gold candidate (Example.label)")
-        scores = self._score_pairs(examples, [[ex.label] for ex in examples])
-        return scores.gather(1, torch.tensor([[ex.label] for ex in examples], device=scores.device)).squeeze(1)
+        scores = self._score_pairs(examples, [[ex.label] for ex in examples], groups)
+        labels = torch.tensor([[ex.label] for ex in examples] * groups, device=scores.device)
+        return scores.gather(1, labels).squeeze(1)
 
     @torch.no_grad()
     def generate(self, examples: Sequence[Example], max_new_tokens: int = 32, stop: str = "\n") -> list[str]:
@@ -157,18 +168,33 @@ class Objective:
         self.scorer = scorer
         self.task = task
 
-    def loss_tensor(self, examples: Sequence[Example]) -> torch.Tensor:
+    def example_losses(self, examples: Sequence[Example], groups: int = 1) -> torch.Tensor:
+        """Per-example losses of `groups` copies of the batch pushed through one forward
+        ([groups * n], group-major); differentiable when grad is enabled."""
         raise NotImplementedError
 
+    def loss_tensor(self, examples: Sequence[Example]) -> torch.Tensor:
+        return self.example_losses(examples).mean()
+
     def loss(self, examples: Sequence[Example]) -> float:
-        with torch.no_grad():
-            return self.loss_tensor(examples).item()
+        return self.group_losses(examples, 1)[0]
 
     @torch.no_grad()
-    def predict(self, examples: Sequence[Example]) -> list:
+    def group_losses(self, examples: Sequence[Example], groups: int) -> list[float]:
+        """The batch's loss for each of `groups` row groups of one forward. Whatever makes
+        the groups differ (a probe strategy's per-group perturbation) is arranged by the
+        caller; `loss` is the one-group case, so both reduce in the same order."""
+        return self.example_losses(examples, groups).view(groups, -1).mean(1).tolist()
+
+    @torch.no_grad()
+    def predict(self, examples: Sequence[Example], groups: int = 1) -> list:
+        """Candidate indices (or generated strings for generation tasks) per example,
+        [groups * n] group-major."""
         if self.task.kind == "generation":
+            if groups != 1:
+                raise NotImplementedError("grouped forwards do not generate")
             return self.scorer.generate(examples)
-        return self.scorer.score(examples).argmax(-1).tolist()
+        return self.scorer.score(examples, groups).argmax(-1).tolist()
 
 
 class ClassificationLoss(Objective):
@@ -177,10 +203,10 @@ class ClassificationLoss(Objective):
     name = "classification"
     kinds = ("classification", "multiple_choice")
 
-    def loss_tensor(self, examples):
-        scores = self.scorer.score(examples)
-        labels = torch.tensor([ex.label for ex in examples], device=scores.device)
-        return F.cross_entropy(scores, labels)
+    def example_losses(self, examples, groups=1):
+        scores = self.scorer.score(examples, groups)
+        labels = torch.tensor([ex.label for ex in examples] * groups, device=scores.device)
+        return F.cross_entropy(scores, labels, reduction="none")
 
 
 class LMLoss(Objective):
@@ -188,8 +214,8 @@ class LMLoss(Objective):
 
     name = "lm"
 
-    def loss_tensor(self, examples):
-        return -self.scorer.gold_logprob(examples).mean()
+    def example_losses(self, examples, groups=1):
+        return -self.scorer.gold_logprob(examples, groups)
 
 
 class NegativeMetric(Objective):
@@ -198,8 +224,12 @@ class NegativeMetric(Objective):
 
     differentiable = False
 
+    def group_losses(self, examples, groups):
+        preds, n = self.predict(examples, groups), len(examples)
+        return [-self.task.score(preds[g * n:(g + 1) * n], examples)[self.name] for g in range(groups)]
+
     def loss_tensor(self, examples):
-        return torch.tensor(-self.task.score(self.predict(examples), examples)[self.name])
+        return torch.tensor(self.group_losses(examples, 1)[0])
 
 
 class NegativeAccuracy(NegativeMetric):

@@ -4,9 +4,11 @@ Per step: one seed s; L+ = f(theta + eps z), L- = f(theta - eps z), projected gr
 g = (L+ - L-) / (2 eps); theta <- theta - lr (g z + wd theta), z regenerated from s.
 Two forward passes, and no tensor the size of the parameters is ever allocated.
 
-In place (`exact=False`) a step ends with one fused sweep that restores, updates *and*
-applies the next step's +eps perturbation, so the next step starts perturbed: two sweeps per
-step instead of three, the same operations bit for bit. The loop calls `settle` before
+The two losses come from the probe strategy (`zoexp.probes`), like every seeded solver's.
+One case keeps a path of its own because it fuses across the update: in place
+(`exact=False`) with sequential probes, a step ends with one sweep that restores, updates
+*and* applies the next step's +eps perturbation, so the next step starts perturbed: two sweeps
+per step instead of three, the same operations bit for bit. The loop calls `settle` before
 anything else reads the weights (evaluation, checkpoint, the end of training).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from zoexp.errors import Diverged
 from zoexp.perturb import PerturbationEngine
+from zoexp.probes import ProbeStrategy, SequentialProbes, central_pairs
 from zoexp.solvers.base import Solver, StepResult, check, engine_options
 
 
@@ -25,37 +28,60 @@ class MeZO(Solver):
         self.eps = float(eps)
         self.engine_options = engine_options(dist, exact, stochastic_rounding)
         self.engine: PerturbationEngine | None = None
+        self.probes: ProbeStrategy | None = None
         self.carried: int | None = None  # seed whose +eps perturbation the weights hold now
 
     def setup(self, params, objective, train_examples=()) -> None:
         super().setup(params, objective, train_examples)
         self.engine = PerturbationEngine(self.params, **self.engine_options)
+        self.probes = self.make_probes()
+
+    def make_probes(self) -> ProbeStrategy:
+        """How the two probes of a step are evaluated (`zoexp.probes`)."""
+        return SequentialProbes(self.engine, self.objective)
+
+    @property
+    def carries(self) -> bool:
+        """Whether steps fuse the next step's perturbation into their last in-place sweep."""
+        return not self.engine.exact and isinstance(self.probes, SequentialProbes)
 
     def step(self, batch, step: int) -> StepResult:
-        seed, eps, engine = self.direction_seed(step), self.eps, self.engine
-        if self.carried != seed:
-            self.settle()
-            engine.perturb(seed, eps)
-        self.carried = None
-        loss_plus = self.objective.loss(batch)
-        engine.move(seed, eps, -eps)
-        loss_minus = self.objective.loss(batch)
+        seed, eps = self.direction_seed(step), self.eps
+        if self.carries:
+            loss_plus, loss_minus = self._carried_probes(batch, seed)
+        else:
+            loss_plus, loss_minus = self.probes.losses(batch, central_pairs([seed], eps))
         grad = (loss_plus - loss_minus) / (2 * eps)
         lr = self.lr_at(step)
         record = {"seed": seed, "coef": -lr * grad, "decay": lr * self.weight_decay}
         try:
             self.ensure_finite(step, (loss_plus + loss_minus) / 2, [grad], record)
         except Diverged:
-            engine.restore(seed, -eps)  # leave theta as it was: the step is not applied
+            if self.carries:  # theta - eps z is applied: leave theta as it was, the step not applied
+                self.engine.restore(seed, -eps)
             raise
-        if engine.exact or step + 1 >= self.steps:
-            engine.restore_and_update(seed, -eps, record["coef"], record["decay"])
+        if not self.carries:
+            self.replay(record)
+        elif step + 1 >= self.steps:
+            self.engine.restore_and_update(seed, -eps, record["coef"], record["decay"])
         else:  # in place: the next step's perturbation rides on this sweep
             self.carried = self.direction_seed(step + 1)
-            engine.restore_update_perturb(seed, -eps, record["coef"], record["decay"],
-                                          next_seed=self.carried, next_scale=eps)
+            self.engine.restore_update_perturb(seed, -eps, record["coef"], record["decay"],
+                                               next_seed=self.carried, next_scale=eps)
         return StepResult(loss=(loss_plus + loss_minus) / 2, metrics={"proj_grad": grad, "lr": lr},
                           record=record)
+
+    def _carried_probes(self, batch, seed: int) -> tuple[float, float]:
+        """f(theta + eps z), f(theta - eps z), starting from the carried perturbation if the
+        previous step left it on; leaves theta - eps z applied for the fused final sweep."""
+        engine, eps = self.engine, self.eps
+        if self.carried != seed:
+            self.settle()
+            engine.perturb(seed, eps)
+        self.carried = None
+        loss_plus = self.objective.loss(batch)
+        engine.move(seed, eps, -eps)
+        return loss_plus, self.objective.loss(batch)
 
     def settle(self) -> None:
         if self.carried is not None:

@@ -31,8 +31,7 @@ class SPSA15(SPSA):
         return max(c**self.saturating_alpha, self.lambda_reg)
 
     def step(self, batch, step: int) -> StepResult:
-        loss_zero = self.objective.loss(batch)
-        seeds, plus, minus = self.probe_all(batch, step)
+        loss_zero, seeds, plus, minus = self.probe_pairs(batch, step, base=True)
         curv = [curvature(p, m, loss_zero, self.eps) for p, m in zip(plus, minus)]
         grads = [(p - m) / (2 * self.eps * self.saturate(c)) for p, m, c in zip(plus, minus, curv)]
         return self.finish(step, seeds, grads, loss=loss_zero,

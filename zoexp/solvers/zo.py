@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 import torch
 
 from zoexp.distributed import Ranks
+from zoexp.probes import Probe, ProbeStrategy, SequentialProbes, central_pairs
 from zoexp.solvers.base import Solver, StepResult, check
 
 
@@ -42,14 +43,20 @@ class ZOSolver(Solver):
               n_perts, "an integer >= 1")
         self.eps, self.n_perts = float(eps), n_perts
         self.directions: Directions | None = None
+        self.probes: ProbeStrategy | None = None
         self.exact = True  # perturbations restore bit-exactly (subclasses set it from their YAML)
 
     def setup(self, params, objective, train_examples=()) -> None:
         super().setup(params, objective, train_examples)
         self.directions = self.make_directions()
+        self.probes = self.make_probes()
 
     def make_directions(self) -> Directions:
         raise NotImplementedError
+
+    def make_probes(self) -> ProbeStrategy:
+        """How this solver's probes are evaluated (`zoexp.probes`)."""
+        return SequentialProbes(self.directions, self.objective)
 
     def distribute(self, ranks: Ranks) -> None:
         """Deal the n directions of each step to the ranks (`zoexp.distributed`)."""
@@ -65,27 +72,28 @@ class ZOSolver(Solver):
         return [self.direction_seed(step, k) for k in range(self.n_perts)]
 
     def probe_all(self, batch, step: int) -> tuple[list[int], list[float], list[float]]:
-        """(seeds, f(theta + eps z_k), f(theta - eps z_k)) on `batch`; theta restored afterwards.
+        """(seeds, f(theta + eps z_k), f(theta - eps z_k)) on `batch`; theta restored afterwards."""
+        _, seeds, plus, minus = self.probe_pairs(batch, step)
+        return seeds, plus, minus
 
-        Direction k's restore and the next direction's perturbation are one call (one sweep in
-        place): 2 n + 1 sweeps per step instead of 3 n, with the same weights bit for bit.
-        With several processes each probes its share of the directions and the losses are
-        summed into one table (`zoexp.distributed`)."""
-        d, eps, seeds = self.directions, self.eps, self.seeds(step)
+    def probe_pairs(self, batch, step: int, base: bool = False
+                    ) -> tuple[float | None, list[int], list[float], list[float]]:
+        """(f(theta) if `base` else None, seeds, f(theta + eps z_k), f(theta - eps z_k)).
+
+        The losses come from the probe strategy (`zoexp.probes`: sequential by default, where
+        direction k's restore and k+1's perturbation are one sweep). With several processes
+        each probes its share of the directions (every process evaluates f(theta)) and the
+        losses are summed into one table (`zoexp.distributed`)."""
+        seeds = self.seeds(step)
         mine = self.ranks.share(len(seeds))
+        probes = ([Probe()] if base else []) + central_pairs([seeds[k] for k in mine], self.eps)
+        losses = self.probes.losses(batch, probes)
+        f0 = losses.pop(0) if base else None
         table = torch.zeros(len(seeds), 2, dtype=torch.float64)
-        d.perturb(seeds[mine[0]], eps)
         for i, k in enumerate(mine):
-            table[k, 0] = self.objective.loss(batch)
-            d.move(seeds[k], eps, -eps)
-            table[k, 1] = self.objective.loss(batch)
-            if i + 1 < len(mine):
-                d.restore_update_perturb(seeds[k], -eps, 0.0, next_seed=seeds[mine[i + 1]],
-                                         next_scale=eps)
-            else:
-                d.restore(seeds[k], -eps)
+            table[k, 0], table[k, 1] = losses[2 * i], losses[2 * i + 1]
         table = self.ranks.combine(table)
-        return seeds, table[:, 0].tolist(), table[:, 1].tolist()
+        return f0, seeds, table[:, 0].tolist(), table[:, 1].tolist()
 
     # ---- update --------------------------------------------------------------------------------
     def apply(self, seeds: Sequence[int], coefs: Sequence[float], decay: float) -> None:
