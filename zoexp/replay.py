@@ -117,8 +117,10 @@ def replay(run_dir: Path | str, step: int | str = "last", device: str | None = N
     from zoexp.run import build_peft
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    if not (run_dir / ".hydra" / "config.yaml").exists():
+        raise ConfigError("run_dir", f"{run_dir} has no .hydra/config.yaml; allowed: a zoexp run directory")
     seed_bits, header_bytes, records = read_trajectory(run_dir)
+    cfg = load_run_config(run_dir)
     upto = target_step(run_dir, str(step), len(records))
     try:
         solver = hydra.utils.instantiate(cfg.solver)
