@@ -256,7 +256,7 @@ class Loop:
         summary = {
             "metric": metric,
             f"best_dev_{metric}": state.best_dev if state.history else None,
-            f"final_dev_{metric}": final_dev,
+            f"final_dev_{metric}": None if math.isnan(final_dev) else final_dev,
             **{f"test_{k}": v for k, v in test.items()},
             "best_step": state.best_step,
             "steps": state.step,

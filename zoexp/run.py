@@ -33,7 +33,6 @@ from zoexp.solvers.base import check, finite_number
 
 log = logging.getLogger("zoexp")
 RESULT_FILES = ("metrics.jsonl", "summary.json", "checkpoint.pt", "trajectory.jsonl")
-ON_DIVERGENCE = ("stop", "skip_step")
 
 
 def _instantiate(node: DictConfig, group: str, **kwargs):
@@ -57,6 +56,8 @@ def build_peft(cfg: DictConfig):
 
 def check_run_config(cfg: DictConfig) -> None:
     """The top-level knobs and the values the run reads directly (not through a constructor)."""
+    from zoexp.loop import ON_DIVERGENCE
+
     def integer(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
