@@ -119,3 +119,32 @@ def test_64_bit_trajectory_replays(tmp_path, tiny_model, name):
         lines = (tmp_path / "trajectory.jsonl").read_text().splitlines()[1:]
         (tmp_path / "trajectory.jsonl").write_text("\n".join(lines) + "\n")
         assert not all(torch.equal(a, b) for a, b in zip(R.replay(tmp_path).params, trained))
+
+
+def test_a_run_of_the_old_format_resumes_with_its_31_bit_seeds(tmp_path):
+    """A checkpoint and trajectory written before 64-bit seeds (no `seed_bits`, no header): the
+    resumed run keeps deriving 31-bit seeds, so its trajectory continues the one it started."""
+    from tests.fakes import Killed, make_loop
+
+    def solver(bits: int) -> MeZO:
+        s = MeZO(steps=10, batch_size=2, eval_every=0, lr=0.05, eps=1e-2)
+        s.set_seed_bits(bits)
+        return s
+
+    reference, old = tmp_path / "reference", tmp_path / "old"
+    reference.mkdir()
+    old.mkdir()
+    make_loop(reference, solver(31), [torch.nn.Parameter(torch.zeros(48))], every=3)[0].run()
+    with pytest.raises(Killed):
+        make_loop(old, solver(31), [torch.nn.Parameter(torch.zeros(48))], every=3, kill_at=14)[0].run()
+    ckpt = torch.load(old / "checkpoint.pt", weights_only=False)
+    del ckpt["seed_bits"]  # as the old code wrote it
+    torch.save(ckpt, old / "checkpoint.pt")
+    lines = (old / "trajectory.jsonl").read_text().splitlines(keepends=True)
+    (old / "trajectory.jsonl").write_text("".join(lines[1:]))  # no header: format version 1
+    make_loop(old, solver(64), [torch.nn.Parameter(torch.zeros(48))], every=3)[0].run()  # today's default
+    records = [json.loads(line) for line in (old / "trajectory.jsonl").read_text().splitlines()]
+    assert "format" not in records[0] and [r["step"] for r in records] == list(range(10))
+    assert [r["seed"] for r in records] == [old_derive_seed(0, step, 0) for step in range(10)]
+    expected = (reference / "trajectory.jsonl").read_text().splitlines()[1:]
+    assert (old / "trajectory.jsonl").read_text().splitlines() == expected
