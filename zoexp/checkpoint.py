@@ -139,10 +139,11 @@ class Checkpointer:
     def start_trajectory(self, seed_bits: int) -> int:
         """A run without a checkpoint: the trajectory starts afresh (what an interrupted run
         left is removed). Returns how many records were removed."""
-        _, lines = read_trajectory(self.trajectory_path) if self.trajectory_path.exists() else (None, [])
+        path = self.trajectory_path
+        stale = path.read_bytes().count(b'"step"') if path.exists() else 0  # whatever state it is in
         if self.write:
-            jsonl.rewrite(self.trajectory_path, [json.dumps(trajectory_header(seed_bits)).encode() + b"\n"])
-        return len(lines)
+            jsonl.rewrite(path, [json.dumps(trajectory_header(seed_bits)).encode() + b"\n"])
+        return stale
 
     def resume_trajectory(self, steps: int) -> tuple[int, int]:
         """Cut the trajectory back to the checkpoint's `steps` records; (seed bits of its

@@ -48,6 +48,12 @@ class Tracker:
     def truncate(self, records: int) -> int:
         """Keep the first `records` records (the resume point; 0 for a fresh start) and drop
         what an interrupted run wrote after them. Returns how many records were dropped."""
+        if records == 0:  # a fresh start: whatever is there (even a damaged file) goes
+            stale = self.metrics_path.read_bytes().count(b"\n") if self.metrics_path.exists() else 0
+            if self.write and self.metrics_path.exists():
+                jsonl.rewrite(self.metrics_path, [])
+            self.records = 0
+            return stale
         lines = jsonl.read_lines(self.metrics_path)
         if self.write and len(lines) < records:
             raise CorruptFile(self.metrics_path, f"holds {len(lines)} records but the checkpoint counts "
