@@ -107,7 +107,7 @@ class ProbeChoice:
             raise ConfigError("solver.batched_probes", "got true with peft=none (dense directions "
                               "over every weight would need a copy of the model per probe); "
                               "allowed: auto or false, or peft=lora|prefix|prompt, or solver=subzero")
-        self.batched_probes, self.probe_chunk, self.peft = batched_probes, probe_chunk, peft
+        self.batched_probes, self.probe_chunk = batched_probes, probe_chunk
 
     def choose_probes(self, directions) -> ProbeStrategy:
         """Batched probes where asked for (true) or where they apply and help (auto), else
@@ -116,6 +116,9 @@ class ProbeChoice:
         mode = getattr(self, "batched_probes", False)
         if mode is False or self.objective is None:  # replay builds solvers without an objective
             return sequential
+        params = list(getattr(directions, "params", []))
+        if mode == "auto" and not (params and params[0].is_cuda):
+            return sequential  # a CPU forward is compute-bound already: see the module doc
         try:
             strategy = BatchedProbes(directions, self.objective, chunk=self.probe_chunk,
                                      fallback=sequential if mode == "auto" else None)
@@ -124,8 +127,6 @@ class ProbeChoice:
                 raise ConfigError("solver.batched_probes", f"got true, but {why}; allowed: auto, false") from None
             log.info("batched probes do not apply (%s): probing sequentially", why)
             return sequential
-        if mode == "auto" and strategy.device.type != "cuda":
-            return sequential  # compute-bound already: see the module doc
         return strategy
 
 
@@ -159,6 +160,7 @@ class EngineValues:
         engine, G = self.engine, len(probes)
         raws = _refresh(engine._raw, engine.params)
         out = GroupValues(G)
+        perturbed = [g for g, p in enumerate(probes) if p.seed is not None]
         by_dtype: dict[torch.dtype, list[int]] = {}
         for i in self.copied:
             by_dtype.setdefault(raws[i].dtype, []).append(i)
@@ -167,7 +169,6 @@ class EngineValues:
             bases = [sum(sizes[:k]) for k in range(len(idx))]
             flat = torch.empty(G, sum(sizes), dtype=dtype, device=raws[idx[0]].device)
             views = [flat[:, b:b + n] for b, n in zip(bases, sizes)]
-            perturbed = [g for g, p in enumerate(probes) if p.seed is not None]
             for g, probe in enumerate(probes):
                 if probe.seed is None:
                     for i, v in zip(idx, views):
@@ -250,7 +251,7 @@ class _GroupedLinear:
                 y = F.linear(xs, weight, bias)
             if factors is not None:
                 u, v, s = (t.to(x.dtype) for t in factors)
-                y = y + torch.bmm(torch.bmm(xs @ v, s.transpose(1, 2)), u.T.expand(G, -1, -1))
+                y = y + torch.bmm(xs @ v, s.transpose(1, 2)) @ u.T  # x Z^T = x V S^T U^T
             if bv is not None:
                 y = y + bv[:, None, :]
             return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -345,7 +346,11 @@ class _GroupedModule:
             def one(vals, xg):
                 return torch.func.functional_call(self.plain, dict(zip(keys, vals)), (xg, *args), kwargs)
 
-            y = torch.func.vmap(one)(values, x.reshape(G, rows, *x.shape[1:]))
+            try:
+                y = torch.func.vmap(one)(values, x.reshape(G, rows, *x.shape[1:]))
+            except RuntimeError as err:  # an operation vmap has no batching rule for
+                raise NotBatchable(f"vmap over {type(self.plain.module).__name__}: "
+                                   f"{str(err).splitlines()[0]}") from None
             if not isinstance(y, torch.Tensor):
                 raise NotBatchable(f"{type(self.plain.module).__name__} returns {type(y).__name__}")
             return y.reshape(x.shape[0], *y.shape[2:])
@@ -499,7 +504,9 @@ class BatchedProbes:
         elif self.device.type != "cuda":
             size = max(1, CPU_PASS_TOKENS // tokens)
         else:
-            per_group = tokens * self.bytes_per_token(length) + 2 * self.value_bytes
+            vocab = getattr(self.model.config, "vocab_size", 0) or 0
+            per_group = (tokens * self.bytes_per_token(length) + rows * vocab * 12  # fp32 logits,
+                         + 2 * self.value_bytes)                                      # log-softmax
             free, _ = torch.cuda.mem_get_info(self.device)
             free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
             size = max(1, int(GPU_MEMORY_SHARE * free // per_group))
