@@ -190,8 +190,9 @@ def main(argv: list[str] | None = None) -> None:
             objective = build_objective("classification", scorer, task)
             current = peft_kind
         sequential = solver(kind, n, False, params, objective)
-        seq = step_ms(sequential, batch, args.budget_s, args.repeats)
         batched = solver(kind, n, True, params, objective)
+        diff, spread = agreement(sequential, batched, batch)
+        seq = step_ms(sequential, batch, args.budget_s, args.repeats)
         bat = step_ms(batched, batch, args.budget_s, args.repeats)
         probes = 2 * n + (1 if kind == "spsa15" else 0)
         passes = chunks(probes, batched.probes.pass_size(batch))
@@ -199,9 +200,10 @@ def main(argv: list[str] | None = None) -> None:
                                           max(1, min(args.repeats, int(args.budget_s * 1e3 / max(bat, 1)))),
                                           warmup=1))
         label = f"{kind} {peft_kind}" if kind == "subzero" else f"{peft_kind} {kind}"
-        table.append((label, n, probes * len(batch), len(passes), seq, bat, floor))
+        table.append((label, n, probes * len(batch), len(passes), seq, bat, floor, diff, spread))
         print(f"{label} n_perts={n}: sequential {seq:.1f} ms, batched {bat:.1f} ms "
-              f"({len(passes)} pass(es)), floor {floor:.1f} ms", flush=True)
+              f"({len(passes)} pass(es)), floor {floor:.1f} ms; losses differ by <= {diff:.2e} "
+              f"(spread {spread:.2e})", flush=True)
         if peft_kind == "lora":
             lora_shape = max(lora_shape or (0, 0), (probes, batched.probes.tokens_per_group(batch)))
         del sequential, batched
@@ -210,13 +212,26 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.dtype}, SST-2 batch {len(batch)}, torch {torch.__version__}; "
           f"{time.perf_counter() - t0:.0f} s in all\n")
     print("| probes | n_perts | rows / step | batched passes | sequential ms/step | batched ms/step | "
-          "speed-up | plain forward of the rows, ms | batched / floor |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, n, rows_, passes, seq, bat, floor in table:
+          "speed-up | plain forward of the rows, ms | batched / floor | max loss diff (spread) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, n, rows_, passes, seq, bat, floor, diff, spread in table:
         print(f"| {label} | {n} | {rows_} | {passes} | {seq:.1f} | {bat:.1f} | {seq / bat:.1f}x | "
-              f"{floor:.1f} | {bat / floor:.2f} |")
+              f"{floor:.1f} | {bat / floor:.2f} | {diff:.1e} ({spread:.1e}) |")
     if lora_shape:
         grouped_matmul_table(lora_shape[0], len(batch), lora_shape[1], models)
+
+
+def agreement(sequential, batched, batch, pairs: int = 4) -> tuple[float, float]:
+    """max |batched - sequential| over the first probes of step 0 (f0 and `pairs` central
+    pairs), and the spread of those losses (max - min) for scale."""
+    from zoexp.probes import Probe, central_pairs
+
+    if hasattr(sequential, "low_rank"):
+        for s in (sequential, batched):
+            s.low_rank.use_subspace(s.subspace_index(0))
+    probes = [Probe()] + central_pairs(sequential.seeds(0)[:pairs], sequential.eps)
+    want, got = sequential.probes.losses(batch, probes), batched.probes.losses(batch, probes)
+    return max(abs(a - b) for a, b in zip(want, got)), max(want) - min(want)
 
 
 def chunks(total: int, size: int) -> list[int]:

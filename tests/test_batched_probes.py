@@ -153,7 +153,8 @@ def test_values_are_bit_for_bit_what_the_engine_reads(dist, dtype, backend):
     perturbation read parameter by parameter, in the parameter dtype."""
     torch.manual_seed(1)
     shapes = [(4, 40), (40, 4), (3, 129), (7,)]
-    params = [torch.nn.Parameter(torch.randn(s).to(dtype)) for s in shapes]
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # compiled
+    params = [torch.nn.Parameter(torch.randn(s).to(dtype).to(device)) for s in shapes]
     engine = PerturbationEngine(params, dist=dist, backend=backend)
     probes = [Probe(11, 0.3), Probe(), Probe(11, -0.3), Probe(12345, 1e-3)]
     state = B.EngineValues(engine, list(range(len(params))))(probes)

@@ -60,7 +60,8 @@ class ZOSolver(ProbeChoice, Solver):
         raise NotImplementedError
 
     def make_probes(self) -> ProbeStrategy:
-        """How this solver's probes are evaluated (`zoexp.probes`)."""
+        """How this solver's probes are evaluated (`zoexp.probes`): sequential, or as row
+        groups of batched forwards (`solver.batched_probes`, `zoexp.batched_probes`)."""
         return self.choose_probes(self.directions)
 
     def distribute(self, ranks: Ranks) -> None:
