@@ -78,7 +78,8 @@ class Models:
         self.tokenizer.padding_side = "left"
         if args.quick or self.config is None:
             arch = TINY_ARCH if args.quick else SMOLLM2_ARCH
-            self.config = LlamaConfig(**{**arch, "vocab_size": len(self.tokenizer)})
+            vocab = max(arch.get("vocab_size", 0), len(self.tokenizer))  # SmolLM2's, or the tokenizer's
+            self.config = LlamaConfig(**{**arch, "vocab_size": vocab})
         self.weights = "real" if self.source else "random"
 
     def __call__(self, kind: str):
