@@ -121,7 +121,7 @@ def sst2_batch(data_root: str | None, size: int):
     if not (folder / "train.tsv").is_file():
         from tests.conftest import write_sst2_fixture
 
-        folder = write_sst2_fixture(Path(tempfile.mkdtemp()) / "sst2", rows=max(60, 2 * size))
+        folder = write_sst2_fixture(Path(tempfile.mkdtemp()) / "sst2", rows=max(128, 2 * size))
         print(f"(no SST-2 copy under --data-root: the test fixture's sentences)")
     task = SST2(data_dir=str(folder), num_train=max(size, 64), num_dev=0, num_eval=1)
     return task, task.sample()["train"][:size]
