@@ -14,15 +14,18 @@ anything else reads the weights (evaluation, checkpoint, the end of training).
 
 from __future__ import annotations
 
+from zoexp.batched_probes import ProbeChoice
 from zoexp.perturb import PerturbationEngine
 from zoexp.probes import ProbeStrategy, SequentialProbes, central_pairs
 from zoexp.solvers.base import Solver, StepResult, check, engine_options
 
 
-class MeZO(Solver):
+class MeZO(ProbeChoice, Solver):
     def __init__(self, eps: float = 1e-3, dist: str = "gaussian", exact: bool = True,
-                 stochastic_rounding: bool = False, **kwargs) -> None:
+                 stochastic_rounding: bool = False, batched_probes="auto", probe_chunk="auto",
+                 peft_target: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.init_probe_choice(batched_probes, probe_chunk, peft_target)
         check("solver.eps", isinstance(eps, (int, float)) and eps > 0, eps, "a number > 0")
         self.eps = float(eps)
         self.engine_options = engine_options(dist, exact, stochastic_rounding)
@@ -37,7 +40,7 @@ class MeZO(Solver):
 
     def make_probes(self) -> ProbeStrategy:
         """How the two probes of a step are evaluated (`zoexp.probes`)."""
-        return SequentialProbes(self.engine, self.objective)
+        return self.choose_probes(self.engine)
 
     @property
     def carries(self) -> bool:

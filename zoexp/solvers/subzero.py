@@ -56,12 +56,16 @@ class LowRankDirections(ComposedVerbs):
 
     def direction(self, seed: int, index: int) -> torch.Tensor:
         """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32)."""
-        p, gen = self.params[index], self._generator(seed, index)
+        p = self.params[index]
         if index in self.bases:
             u, v = self.bases[index]
-            s = torch.randn(self.rank, self.rank, generator=gen).to(p.device)
-            return u @ s @ v.T
-        return torch.randn(p.shape, generator=gen).to(p.device)
+            return u @ self.core(seed, index).to(p.device) @ v.T
+        return torch.randn(p.shape, generator=self._generator(seed, index)).to(p.device)
+
+    def core(self, seed: int, index: int) -> torch.Tensor:
+        """S of direction `seed` for matrix `index` (r x r, float32, on the CPU). Batched probes
+        (`zoexp.batched_probes`) apply U S V^T as three thin matmuls and need S alone."""
+        return torch.randn(self.rank, self.rank, generator=self._generator(seed, index))
 
     @torch.no_grad()
     def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
@@ -85,6 +89,8 @@ class LowRankDirections(ComposedVerbs):
 
 
 class SubZero(ZOSolver):
+    directions_kind = "low_rank"  # batched probes apply with any peft (zoexp.batched_probes)
+
     def __init__(self, rank: int = 8, update_interval: int = 1000, lora_rank: int | None = None,
                  exact: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -12,8 +12,9 @@ from typing import Protocol, Sequence
 
 import torch
 
+from zoexp.batched_probes import ProbeChoice
 from zoexp.distributed import Ranks
-from zoexp.probes import Probe, ProbeStrategy, SequentialProbes, central_pairs
+from zoexp.probes import Probe, ProbeStrategy, central_pairs
 from zoexp.solvers.base import Solver, StepResult, check
 
 
@@ -27,16 +28,20 @@ class Directions(Protocol):
     def direction(self, seed: int, index: int) -> torch.Tensor: ...
 
 
-class ZOSolver(Solver):
+class ZOSolver(ProbeChoice, Solver):
     """n-SPSA over `self.directions` (built by `make_directions` once the parameters exist).
 
     Per step, for k = 1..n_perts with seed s_k: f+ = f(theta + eps z_k), f- = f(theta - eps z_k),
     g_k = (f+ - f-) / (2 eps); theta <- (1 - lr wd) theta - lr / n * sum_k g_k z_k.
-    All directions are probed at the same theta and on the same batch (2 n forwards).
+    All directions are probed at the same theta and on the same batch (2 n forwards), one
+    after another or as row groups of batched forwards (`solver.batched_probes`,
+    `zoexp.batched_probes`).
     """
 
-    def __init__(self, eps: float = 1e-3, n_perts: int = 1, **kwargs) -> None:
+    def __init__(self, eps: float = 1e-3, n_perts: int = 1, batched_probes="auto",
+                 probe_chunk="auto", peft_target: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.init_probe_choice(batched_probes, probe_chunk, peft_target)
         check("solver.eps", isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0,
               eps, "a number > 0")
         check("solver.n_perts", isinstance(n_perts, int) and not isinstance(n_perts, bool) and n_perts >= 1,
@@ -55,8 +60,9 @@ class ZOSolver(Solver):
         raise NotImplementedError
 
     def make_probes(self) -> ProbeStrategy:
-        """How this solver's probes are evaluated (`zoexp.probes`)."""
-        return SequentialProbes(self.directions, self.objective)
+        """How this solver's probes are evaluated (`zoexp.probes`): sequential, or as row
+        groups of batched forwards (`solver.batched_probes`, `zoexp.batched_probes`)."""
+        return self.choose_probes(self.directions)
 
     def distribute(self, ranks: Ranks) -> None:
         """Deal the n directions of each step to the ranks (`zoexp.distributed`)."""
