@@ -47,11 +47,20 @@ class ProbeStrategy(Protocol):
         ...
 
 
+def queued_loss(objective, batch):
+    """The objective's loss on `batch` as a tensor still being computed where the objective
+    offers one (`group_loss_tensor`), else as a float. Reading the losses only once all probes
+    are queued keeps the GPU busy while the host prepares the next probe."""
+    pending = getattr(objective, "group_loss_tensor", None)
+    return pending(batch, 1)[0] if pending is not None else objective.loss(batch)
+
+
 class SequentialProbes:
     """One forward per probe, in order. Consecutive probes of one seed are a single `move`;
     a new seed's perturbation is fused into the previous one's restore
     (`restore_update_perturb` with a zero update), so a list of n central pairs costs 2 n + 1
-    sweeps in place and writes the same weights bit for bit as perturb / move / restore."""
+    sweeps in place and writes the same weights bit for bit as perturb / move / restore.
+    The losses are read back once all probes are queued (`queued_loss`)."""
 
     name = "sequential"
 
@@ -73,10 +82,10 @@ class SequentialProbes:
                 d.restore_update_perturb(active.seed, active.scale, 0.0, next_seed=probe.seed,
                                          next_scale=probe.scale)
             active = probe if probe.seed is not None else None
-            out.append(self.objective.loss(batch))
+            out.append(queued_loss(self.objective, batch))
         if active is not None:
             d.restore(active.seed, active.scale)
-        return out
+        return [float(loss) for loss in out]
 
 
 # name -> factory(directions, objective, **options). Strategies in other modules add themselves.
