@@ -209,6 +209,59 @@ def measure(name: str, args, flops_peak: float, copy_peak: float) -> dict:
     return row
 
 
+def compiled_layers_probe(name: str, args) -> dict:
+    """How much fusing the elementwise kernels would add to graphs: the same graphed forward
+    and in-place step with each decoder layer compiled by torch.compile (regional, default
+    mode: fused Triton kernels, no cudagraphs of its own) inside our captured graph. A probe
+    for what to build next, not a zoexp option: exact mode's per-read dispatch does not trace."""
+    import signal
+
+    import torch._dynamo
+
+    model, tokenizer, label = build(name, args)
+    batch = examples_for(tokenizer, args.batch, args.seq)
+    row = {"model": label + ", decoder layers compiled", "params": sum(p.numel() for p in
+                                                                     model.parameters()),
+           "dtype": args.dtype, "batch": args.batch}
+    scorer = CandidateScorer(model, tokenizer, torch.device(args.device))
+    enc = scorer._pad([scorer._ids(ex.prompt, True) for ex in batch])
+    ids, mask = enc.input_ids, enc.attention_mask
+    row["seq"] = ids.shape[1]
+    with torch.no_grad():
+        row["eager_2fwd_ms"] = timed(lambda: [forward_logits(model, ids, mask, 1) for _ in "ab"],
+                                     args.budget)
+        plain = GraphedForward(model, tokenizer.pad_token_id)
+        row["graphed_2fwd_ms"] = timed(lambda: [plain(ids, mask, 1) for _ in "ab"], args.budget)
+    torch._dynamo.config.cache_size_limit = 64
+    layers = [m for m in model.modules() if type(m).__name__ in set(model._no_split_modules)]
+    started = time.perf_counter()
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("compile")))
+    signal.alarm(int(args.compile_timeout))
+    try:
+        for layer in layers:
+            layer.compile()
+        with torch.no_grad():
+            compiled = GraphedForward(model, tokenizer.pad_token_id)
+            compiled(ids, mask, 1)
+            row["compile_s"] = time.perf_counter() - started
+            row["graphed_compiled_2fwd_ms"] = timed(lambda: [compiled(ids, mask, 1) for _ in "ab"],
+                                                    args.budget)
+            row["compiled_graphs"] = compiled.summary()
+        objective = ClassificationLoss(CandidateScorer(model, tokenizer, torch.device(args.device),
+                                                       cuda_graphs=True), None)
+        solver = MeZO(steps=1 << 30, batch_size=args.batch, lr=LR, eps=EPS, dist="rademacher",
+                      exact=False)
+        solver.setup(list(model.parameters()), objective)
+        counter = iter(range(1 << 30))
+        step_ms = timed(lambda: solver.step(batch, next(counter)), args.budget, warmup=3)
+        row["in place, Rademacher [graphs + compiled layers]"] = {
+            "step_ms": step_ms, "steps_per_s": 1e3 / step_ms,
+            "over_eager_2fwd": step_ms / row["eager_2fwd_ms"]}
+    finally:
+        signal.alarm(0)
+    return row
+
+
 def report(rows: list[dict]) -> str:
     out = []
     for r in rows:
@@ -223,20 +276,19 @@ def report(rows: list[dict]) -> str:
         if "graphed_2fwd_ms" in r:
             out.append(f"| two graphed forwards | {r['graphed_2fwd_ms']:.2f} | "
                        f"{r['graphed_2fwd_ms'] / e2:.2f} | |")
+        if "graphed_compiled_2fwd_ms" in r:
+            out.append(f"| two graphed forwards, layers compiled ({r['compile_s']:.0f} s to compile) "
+                       f"| {r['graphed_compiled_2fwd_ms']:.2f} | "
+                       f"{r['graphed_compiled_2fwd_ms'] / e2:.2f} | |")
+        if "fwd_gflop" not in r:
+            out.extend(_step_rows(r, e2))
+            continue
         out.append(f"| compute floor, two forwards ({r['fwd_gflop']:.0f} GFLOP each) | "
                    f"{r['floor_2fwd_ms']:.2f} | {r['floor_2fwd_ms'] / e2:.2f} | |")
         out.append(f"| compute floor, step (+ one update sweep at copy bandwidth) | "
                    f"{r['floor_step_ms']:.2f} | {r['floor_step_ms'] / e2:.2f} | "
                    f"{1e3 / r['floor_step_ms']:.0f} |")
-        for key, v in r.items():
-            if not isinstance(v, dict):
-                continue
-            if "error" in v:
-                out.append(f"| MeZO step, {key} | error: {v['error'][:80]} | | |")
-                continue
-            peak = f" (peak {v['peak_gib']:.3f} GiB)" if "peak_gib" in v else ""
-            out.append(f"| MeZO step, {key}{peak} | {v['step_ms']:.2f} | "
-                       f"{v['over_eager_2fwd']:.2f} | {v['steps_per_s']:.0f} |")
+        out.extend(_step_rows(r, e2))
         if "sweep_one_launch_ms" in r:
             out.append(f"\nupdate sweep (Rademacher): one launch {r['sweep_one_launch_ms']:.3f} ms, "
                        f"one launch per tensor >= 4M elements {r['sweep_per_tensor_ms']:.3f} ms; "
@@ -244,6 +296,20 @@ def report(rows: list[dict]) -> str:
         if "graphs" in r:
             out.append(f"{r['graphs']}")
     return "\n".join(out)
+
+
+def _step_rows(r: dict, e2: float) -> list[str]:
+    out = []
+    for key, v in r.items():
+        if not isinstance(v, dict):
+            continue
+        if "error" in v:
+            out.append(f"| MeZO step, {key} | error: {v['error'][:80]} | | |")
+            continue
+        peak = f" (peak {v['peak_gib']:.3f} GiB)" if "peak_gib" in v else ""
+        out.append(f"| MeZO step, {key}{peak} | {v['step_ms']:.2f} | "
+                   f"{v['over_eager_2fwd']:.2f} | {v['steps_per_s']:.0f} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,6 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a tiny model on the CPU, eager only: checks the script runs")
     parser.add_argument("--json", default=None, help="also write the raw rows here")
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="instead: the graphed forward and in-place step with torch.compile'd "
+                        "decoder layers (a probe of what fusion would add)")
+    parser.add_argument("--compile-timeout", type=float, default=150)
     args = parser.parse_args(argv)
     args.device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     if args.quick:
@@ -271,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         started = time.perf_counter()
         try:
-            rows.append(measure(name, args, flops_peak, copy_peak))
+            rows.append(compiled_layers_probe(name, args) if args.compile_layers else
+                        measure(name, args, flops_peak, copy_peak))
         except Exception as exc:  # noqa: BLE001 - one model's failure leaves the others
             traceback.print_exc()
             rows.append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
