@@ -243,16 +243,16 @@ def _sweep_group(like_ptr, ptr_tab, n_tab, gstart_tab, shift_tab, first_tab, out
     out_addr = tl.load(out_tab + t)
     n = tl.load(n_tab + t)
     shift = tl.load(shift_tab + t)
+    x_ptr = x_addr.to(tl.pointer_type(like_ptr.dtype.element_ty))
+    out_ptr = out_addr.to(tl.pointer_type(like_ptr.dtype.element_ty))
     if ALIGNED:
         # Every tensor of this table starts 16-byte aligned, in and out, and its numel and
         # start shift are multiples of 16 (checked on the host): the hints that let the
         # loads and stores go 16 bytes wide, as they do for a pointer argument.
-        x_addr = tl.multiple_of(x_addr, 16)
-        out_addr = tl.multiple_of(out_addr, 16)
+        x_ptr = tl.multiple_of(x_ptr, 16)
+        out_ptr = tl.multiple_of(out_ptr, 16)
         n = tl.multiple_of(n, 16)
         shift = tl.multiple_of(shift, 16)
-    x_ptr = x_addr.to(tl.pointer_type(like_ptr.dtype.element_ty))
-    out_ptr = out_addr.to(tl.pointer_type(like_ptr.dtype.element_ty))
     tile = (pid - tl.load(first_tab + t)).to(tl.int64)
     seed1, seed2, scale_a, keep, coef, scale_c = _scalars(scal_ptr, seed1, seed2, scale_a, keep,
                                                           coef, scale_c, DEV)
