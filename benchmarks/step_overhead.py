@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import statistics
 import time
 import traceback
@@ -262,6 +263,35 @@ def compiled_layers_probe(name: str, args) -> dict:
     return row
 
 
+def profile_steps(name: str, args) -> dict:
+    """Where the host time of a graphed exact (Gaussian) step goes: cProfile over
+    `args.profile` steps, the top functions by own time printed."""
+    import cProfile
+    import pstats
+
+    model, tokenizer, label = build(name, args)
+    batch = examples_for(tokenizer, args.batch, args.seq)
+    objective = ClassificationLoss(CandidateScorer(model, tokenizer, torch.device(args.device),
+                                                   cuda_graphs=args.device == "cuda"), None)
+    solver = MeZO(steps=1 << 30, batch_size=args.batch, lr=LR, eps=EPS, dist="gaussian", exact=True)
+    solver.setup(list(model.parameters()), objective)
+    for t in range(3):
+        solver.step(batch, t)
+    sync()
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for t in range(3, 3 + args.profile):
+        solver.step(batch, t)
+    sync()
+    profiler.disable()
+    step_ms = (time.perf_counter() - started) / args.profile * 1e3
+    print(f"profiled {args.profile} steps of {label}, exact Gaussian, graphs: {step_ms:.2f} ms a "
+          "step (with the profiler on)")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return {"model": label + ", profiled", "error": f"{step_ms:.2f} ms a step, see above"}
+
+
 def report(rows: list[dict]) -> str:
     out = []
     for r in rows:
@@ -293,8 +323,9 @@ def report(rows: list[dict]) -> str:
             out.append(f"\nupdate sweep (Rademacher): one launch {r['sweep_one_launch_ms']:.3f} ms, "
                        f"one launch per tensor >= 4M elements {r['sweep_per_tensor_ms']:.3f} ms; "
                        f"graphed forward peak {r.get('graphed_fwd_peak_gib', float('nan')):.3f} GiB")
-        if "graphs" in r:
-            out.append(f"{r['graphs']}")
+        for k in ("graphs", "compiled_graphs"):
+            if k in r:
+                out.append(f"{r[k]}")
     return "\n".join(out)
 
 
@@ -328,7 +359,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead: the graphed forward and in-place step with torch.compile'd "
                         "decoder layers (a probe of what fusion would add)")
     parser.add_argument("--compile-timeout", type=float, default=150)
+    parser.add_argument("--profile", type=int, default=0,
+                        help="instead: cProfile this many graphed exact steps (host time)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("zoexp").setLevel(logging.INFO)  # graph captures that fall back, and why
     args.device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     if args.quick:
         args.models, args.batch, args.seq, args.dtype, args.budget = ["tiny"], 4, 16, "fp32", 0.2
@@ -341,8 +376,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         started = time.perf_counter()
         try:
-            rows.append(compiled_layers_probe(name, args) if args.compile_layers else
-                        measure(name, args, flops_peak, copy_peak))
+            if args.profile:
+                rows.append(profile_steps(name, args))
+            elif args.compile_layers:
+                rows.append(compiled_layers_probe(name, args))
+            else:
+                rows.append(measure(name, args, flops_peak, copy_peak))
         except Exception as exc:  # noqa: BLE001 - one model's failure leaves the others
             traceback.print_exc()
             rows.append({"model": name, "error": f"{type(exc).__name__}: {exc}"})

@@ -51,6 +51,7 @@ class CandidateScorer:
         self.real_tokens = 0
         self._cache: dict[str, list[int]] = {}
         self._last_padded: tuple[tuple, Encoded] | None = None
+        self._word_indices: dict[tuple, torch.Tensor] = {}
 
     # ---- tokenisation --------------------------------------------------------------------
     def _ids(self, text: str, prefix: bool) -> list[int]:
@@ -107,6 +108,14 @@ class CandidateScorer:
             return self.graphed(ids, mask, keep)
         return forward_logits(self.model, ids, mask, keep)
 
+    def _word_index(self, words: list[int]) -> torch.Tensor:
+        """The label words' ids as a device tensor, kept (indexing with a Python list would
+        copy it to the device, and wait for the GPU, at every call)."""
+        key = tuple(words)
+        if key not in self._word_indices:
+            self._word_indices[key] = self.to_device(torch.tensor(words))
+        return self._word_indices[key]
+
     def single_token_words(self, examples: Sequence[Example]) -> list[int] | None:
         """The shared one-token label words of the batch, or None if the fast path does not apply."""
         cands = examples[0].candidates
@@ -123,7 +132,7 @@ class CandidateScorer:
         if words is not None:
             seqs = [self._truncate(self._ids(ex.prompt, True), []) for ex in examples]
             logp = self._logits(self._pad(seqs), keep=1, groups=groups)[:, -1].log_softmax(-1)
-            return logp[:, words]
+            return logp.index_select(-1, self._word_index(words))
         return self._score_pairs(examples, [list(range(len(ex.candidates))) for ex in examples],
                                  groups)
 
