@@ -65,10 +65,16 @@ def _apply(x: torch.Tensor, start: int, op: SweepOp, dist: str, values: tuple) -
     return y.to(dtype)
 
 
+def plan(tensors: list[torch.Tensor], offsets: list[int],
+         out: list[torch.Tensor] | None = None) -> None:
+    """Nothing to plan: the reference loops over the tensors."""
+    return None
+
+
 @torch.no_grad()
 def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: str,
-          out: list[torch.Tensor] | None = None) -> None:
-    """Same contract as `kernels.sweep.sweep`."""
+          out: list[torch.Tensor] | None = None, plan=None) -> None:
+    """Same contract as `kernels.sweep.sweep` (`plan` is ignored)."""
     values = scalar_values(op)
     for i, (x, off) in enumerate(zip(tensors, offsets)):
         src = x.view(-1)

@@ -294,10 +294,38 @@ def _aligned(x: torch.Tensor, off: int, dst: torch.Tensor) -> bool:
             and (off % ALIGN) % 16 == 0)
 
 
+class SweepPlan:
+    """How a list of tensors is swept: which get a launch of their own, and the pointer table
+    of each group sharing one. Built from the tensors' addresses, so valid while none of them
+    moves; a caller that sweeps the same tensors again (the engine, every step) keeps it and
+    skips the per-tensor work on the host."""
+
+    def __init__(self, tensors: list[torch.Tensor], offsets: list[int],
+                 out: list[torch.Tensor] | None = None) -> None:
+        todo = [(x, off, x if out is None else out[i])
+                for i, (x, off) in enumerate(zip(tensors, offsets)) if x.numel() > 0]
+        self.own: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []
+        grouped: dict[tuple, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
+        for x, off, dst in todo:
+            if len(todo) == 1 or x.numel() >= OWN_LAUNCH_NUMEL:
+                self.own.append((x, dst, off - off % ALIGN, off % ALIGN,
+                                 triton.cdiv(x.numel() + off % ALIGN, BLOCK)))
+            else:
+                grouped.setdefault((x.dtype, _aligned(x, off, dst)), []).append((x, off, dst))
+        self.groups = [(group[0][0], *_group_tables(group), aligned)
+                       for (_, aligned), group in grouped.items()]
+
+
+def plan(tensors: list[torch.Tensor], offsets: list[int],
+         out: list[torch.Tensor] | None = None) -> SweepPlan:
+    return SweepPlan(tensors, offsets, out)
+
+
 def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: str,
-          out: list[torch.Tensor] | None = None) -> None:
+          out: list[torch.Tensor] | None = None, plan: SweepPlan | None = None) -> None:
     """Apply `op` to each contiguous tensor whose z starts at `offsets[i]` in the flat space:
-    in place, or into `out[i]` (same shape and dtype) leaving the inputs untouched.
+    in place, or into `out[i]` (same shape and dtype) leaving the inputs untouched. `plan`:
+    a `SweepPlan` of these same tensors (and outputs), kept by the caller.
 
     One launch for all the tensors of one dtype (multi-tensor apply through a pointer table,
     two when some tensors are not 16-byte aligned), except that a single tensor, or one of at
@@ -305,22 +333,13 @@ def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: st
     argument (no table: nothing to build, which also keeps a single-tensor sweep capturable
     in a CUDA graph whatever its output address)."""
     gaussian = dist == "gaussian"
-    todo = [(x, off, x if out is None else out[i])
-            for i, (x, off) in enumerate(zip(tensors, offsets)) if x.numel() > 0]
-    grouped: dict[tuple, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
-    for x, off, dst in todo:
-        if len(todo) == 1 or x.numel() >= OWN_LAUNCH_NUMEL:
-            scalars, meta = _args(op, x, gaussian)
-            shift = off % ALIGN
-            grid = (triton.cdiv(x.numel() + shift, BLOCK),)
-            _sweep_one[grid](x, dst, x.numel(), off - shift, shift, *scalars, ALIGNED=False,
-                             **meta)
-        else:
-            grouped.setdefault((x.dtype, _aligned(x, off, dst)), []).append((x, off, dst))
-    for (_, aligned), group in grouped.items():
-        table, tile_tab, n_tiles = _group_tables(group)
-        scalars, meta = _args(op, group[0][0], gaussian)
-        _sweep_group[(n_tiles,)](group[0][0], *table, tile_tab, *scalars, ALIGNED=aligned, **meta)
+    plan = SweepPlan(tensors, offsets, out) if plan is None else plan
+    for x, dst, gstart, shift, tiles in plan.own:
+        scalars, meta = _args(op, x, gaussian)
+        _sweep_one[(tiles,)](x, dst, x.numel(), gstart, shift, *scalars, ALIGNED=False, **meta)
+    for like, table, tile_tab, n_tiles, aligned in plan.groups:
+        scalars, meta = _args(op, like, gaussian)
+        _sweep_group[(n_tiles,)](like, *table, tile_tab, *scalars, ALIGNED=aligned, **meta)
 
 
 _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}

@@ -31,8 +31,11 @@ where that state cannot be captured (SubZero's host-side low-rank directions, a 
 direction, another probe strategy's host-side state) the forward runs eagerly.
 
 Not captured: forwards under autograd (first-order solvers), generation (`model.generate`),
-and a shape whose capture fails (logged once, then eager). If a parameter's storage is
-replaced (`p.data = ...`, `module.to`), the graphs are dropped and recaptured.
+grouped forwards (`groups > 1`: a batched-probe strategy's row groups differ by state this
+layer cannot see unless that strategy registers it with `zoexp.perturb.activated`; then the
+scorer's `groups == 1` condition can go), and a shape whose capture fails (logged once, then
+eager). If a parameter's storage is replaced (`p.data = ...`, `module.to`), the graphs are
+dropped and recaptured.
 """
 
 from __future__ import annotations

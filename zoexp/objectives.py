@@ -104,7 +104,9 @@ class CandidateScorer:
         ids, mask = enc.input_ids, enc.attention_mask
         if groups > 1:
             ids, mask = ids.repeat(groups, 1), mask.repeat(groups, 1)
-        if self.graphed is not None:
+        if self.graphed is not None and groups == 1:
+            # Grouped forwards stay eager: the strategy that makes their row groups differ
+            # would have to register its state (zoexp.perturb.activated) for a replay to see it.
             return self.graphed(ids, mask, keep)
         return forward_logits(self.model, ids, mask, keep)
 

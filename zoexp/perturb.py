@@ -185,12 +185,15 @@ def _alias(p: torch.Tensor) -> torch.Tensor:
     return torch.Tensor._make_subclass(torch.Tensor, p.detach(), False)
 
 
-def _refresh(aliases: list[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Re-alias parameters whose storage was replaced since (`p.data = ...`, `module.to`)."""
+def _refresh(aliases: list[torch.Tensor], params: Sequence[torch.Tensor]) -> bool:
+    """Re-alias parameters whose storage was replaced since (`p.data = ...`, `module.to`);
+    whether any was."""
+    changed = False
     for i, p in enumerate(params):
         if aliases[i].data_ptr() != p.data_ptr():
             aliases[i] = _alias(p)
-    return aliases
+            changed = True
+    return changed
 
 
 def _check_active(active, seed, scale: float) -> None:
@@ -265,6 +268,7 @@ class PerturbationEngine:
         self._device = (DeviceScalars(self.params[0].device)
                         if exact and triton_backend and self.params else None)
         self._cache_buffers: dict[int, torch.Tensor] | None = None
+        self._plans: dict[str, object] = {}  # kernel launch plans, valid while no storage moves
         small = [i for i, p in enumerate(self.params) if p.numel() < _CACHE_MAX_NUMEL]
         budget, self._cached = _CACHE_SHARE * self.numel, []
         for i in sorted(small, key=lambda i: self.params[i].numel()):
@@ -361,7 +365,9 @@ class PerturbationEngine:
         return SweepOp(seed1=int(seed), stochastic=self.stochastic_rounding, **kw)
 
     def _sweep(self, op: SweepOp) -> None:
-        self.kernels.sweep(_refresh(self._raw, self.params), self.offsets, op, self.dist)
+        if _refresh(self._raw, self.params) or self._plans.get("all") is None:
+            self._plans = {"all": self.kernels.plan(self._raw, self.offsets)}
+        self.kernels.sweep(self._raw, self.offsets, op, self.dist, plan=self._plans["all"])
 
     def capture_key(self) -> tuple | None:
         """This engine's part of `capture_state()`: None when its active perturbation has
@@ -373,7 +379,8 @@ class PerturbationEngine:
     def _activate(self, seed: int | PackedDirection, scale: float) -> None:
         if self.active is not None:
             raise RuntimeError("a perturbation is already active; restore or move it")
-        _refresh(self._raw, self.params)
+        if _refresh(self._raw, self.params):
+            self._plans = {}
         self._retarget(seed, scale)
         self._classes = _swap_in(self.params, self)
         activated(self)
@@ -386,14 +393,18 @@ class PerturbationEngine:
         if self._device is not None and not isinstance(seed, PackedDirection):
             op = self._device.write(op)
         self._active_op = op
-        if self._device is not None:
+        raws, offsets = [self._raw[i] for i in self._cached], [self.offsets[i] for i in self._cached]
+        plan = None
+        if self._device is not None:  # kept buffers: the same sweep every time, planned once
             if self._cache_buffers is None:
                 self._cache_buffers = {i: torch.empty_like(self._raw[i]) for i in self._cached}
             outs = [self._cache_buffers[i] for i in self._cached]
+            if self._plans.get("cache") is None:
+                self._plans["cache"] = self.kernels.plan(raws, offsets, outs)
+            plan = self._plans["cache"]
         else:
-            outs = [torch.empty_like(self._raw[i]) for i in self._cached]
-        self.kernels.sweep([self._raw[i] for i in self._cached],
-                           [self.offsets[i] for i in self._cached], op, self.dist, out=outs)
+            outs = [torch.empty_like(raw) for raw in raws]
+        self.kernels.sweep(raws, offsets, op, self.dist, out=outs, plan=plan)
         self._cache = dict(zip(self._cached, outs))
 
     def _deactivate(self, seed: int | PackedDirection, scale: float) -> None:

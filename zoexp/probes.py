@@ -13,10 +13,16 @@ parameters and the objective exist:
   directions' verbs (perturb / move / restore), with the sweeps chained so n central
   differences cost 2 n + 1 sweeps.
 * Other strategies (one batched forward whose row groups see different perturbations,
-  layer-major probes over blocks streamed from host memory, graph-captured probes) implement
-  the same `losses` and live in their own modules beside this one; they register themselves
-  in `STRATEGIES`. A new solver gets every strategy for free, and a new strategy serves every
-  solver. The loop never learns about any of them.
+  layer-major probes over blocks streamed from host memory) implement the same `losses` and
+  live in their own modules beside this one; they register themselves in `STRATEGIES`. A new
+  solver gets every strategy for free, and a new strategy serves every solver. The loop never
+  learns about any of them.
+* CUDA graphs are not a strategy but a property of the scorer's forward (`zoexp.graphs`),
+  so every strategy's single-group forwards replay captured graphs. A strategy that changes
+  what a forward computes while it runs (per-group weights, streamed blocks) registers that
+  state with `zoexp.perturb.activated` (its `capture_key()`: a key if the state lives in
+  device memory a replay reads, None to run those forwards eagerly); grouped forwards run
+  eagerly until then.
 
 Every strategy returns the losses in the order of the probes and leaves the parameters at
 theta (bit-exactly where the directions restore exactly).
