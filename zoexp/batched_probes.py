@@ -158,7 +158,7 @@ class EngineValues:
 
     def __call__(self, probes: Sequence[Probe]) -> GroupValues:
         engine, G = self.engine, len(probes)
-        raws = _refresh(engine._raw, engine.params)
+        raws = engine.raw_tensors()
         out = GroupValues(G)
         perturbed = [g for g, p in enumerate(probes) if p.seed is not None]
         by_dtype: dict[torch.dtype, list[int]] = {}
@@ -201,7 +201,8 @@ class LowRankValues:
 
     def __call__(self, probes: Sequence[Probe]) -> GroupValues:
         lr, G = self.low_rank, len(probes)
-        raws = _refresh(self.raws, lr.params)
+        _refresh(self.raws, lr.params)
+        raws = self.raws
         out = GroupValues(G)
         for i in self.factored:
             u, v = lr.bases[i]

@@ -53,6 +53,9 @@ class Solver:
     """Base class. `trains = False` for evaluation-only solvers (zero-shot, ICL)."""
 
     trains = True
+    # Whether the forwards of a training step can be replayed from CUDA graphs (zoexp.graphs):
+    # not under backprop, nor where a perturbation is computed on the host per read.
+    graphable_steps = True
 
     def __init__(self, steps: int = 0, batch_size: int = 16, eval_every: int = 0,
                  lr: float = 0.0, lr_schedule: str = "constant", weight_decay: float = 0.0,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from zoexp.batched_probes import ProbeChoice
 from zoexp.perturb import PerturbationEngine
-from zoexp.probes import ProbeStrategy, SequentialProbes, central_pairs
+from zoexp.probes import ProbeStrategy, SequentialProbes, central_pairs, queued_loss
 from zoexp.solvers.base import Solver, StepResult, check, engine_options
 
 
@@ -75,9 +75,10 @@ class MeZO(ProbeChoice, Solver):
             self.settle()
             engine.perturb(seed, eps)
         self.carried = None
-        loss_plus = self.objective.loss(batch)
+        loss_plus = queued_loss(self.objective, batch)
         engine.move(seed, eps, -eps)
-        return loss_plus, self.objective.loss(batch)
+        loss_minus = queued_loss(self.objective, batch)
+        return float(loss_plus), float(loss_minus)
 
     def settle(self) -> None:
         if self.carried is not None:

@@ -105,6 +105,11 @@ class SubZero(ZOSolver):
         self.rank, self.update_interval, self.exact = rank, update_interval, exact
         self.low_rank: LowRankDirections | None = None
 
+    @property
+    def graphable_steps(self) -> bool:
+        """Exact mode computes each read's U S V^T on the host: not replayable from a graph."""
+        return not self.exact
+
     def make_directions(self) -> LowRankDirections | ExactDirections:
         self.low_rank = LowRankDirections(self.params, self.rank, self.seed)
         return ExactDirections(self.params, self.low_rank) if self.exact else self.low_rank
