@@ -178,7 +178,8 @@ def test_hizoo_follows_the_hessian_informed_rule(n):
         # on a quadratic, c = 1/2 (Sigma^1/2 u)^T A (Sigma^1/2 u)
         assert curv[0] == pytest.approx(0.5 * float((us[0] / h.sqrt()) @ A @ (us[0] / h.sqrt())), rel=1e-3)
         h_new = (1 - alpha) * h + alpha * sum(c * h * u**2 for c, u in zip(curv, us)) / n
-        expected = theta - lr / n * sum((fp - fm) / (2 * mu) * u / h_new.sqrt() for (fp, fm), u in zip(pm, us))
+        expected = theta - lr / n * sum((fp - fm) / (2 * mu) * u / h_new.sqrt()
+                                        for (fp, fm), u in zip(pm, us))
         before = objective.scorer.forward_passes
         result = solver.step([None], step)
         assert objective.scorer.forward_passes - before == 2 * n + 1
@@ -344,7 +345,11 @@ def start_params(cls):
                                           [torch.nn.Parameter(torch.linspace(-1, 1, DIM))])]
 
 
-@pytest.mark.parametrize("cls,kw", REPLAYED, ids=lambda x: getattr(x, "__name__", None) or "-".join(map(str, x.values())))
+def case_id(value) -> str:
+    return getattr(value, "__name__", None) or "-".join(map(str, value.values()))
+
+
+@pytest.mark.parametrize("cls,kw", REPLAYED, ids=case_id)
 def test_replay_from_the_records_is_bit_exact(cls, kw):
     start = start_params(cls)
     solver, _ = fresh_copy(cls, kw, start)
@@ -360,8 +365,8 @@ def test_replay_from_the_records_is_bit_exact(cls, kw):
         assert all(torch.equal(a, b) for a, b in zip(replayer.scaled.hessian, solver.scaled.hessian))
 
 
-@pytest.mark.parametrize("cls,kw", [(HiZOO, {"hessian_smooth": 0.5}), (LOZOM, {"rank": 2, "update_interval": 2}),
-                                    (SparseMeZO, {})])
+@pytest.mark.parametrize("cls,kw", [(HiZOO, {"hessian_smooth": 0.5}),
+                                    (LOZOM, {"rank": 2, "update_interval": 2}), (SparseMeZO, {})])
 def test_state_dict_resumes_a_run_bit_exactly(cls, kw):
     start = start_params(cls)
     straight, _ = fresh_copy(cls, kw, start)
@@ -378,7 +383,8 @@ def test_state_dict_resumes_a_run_bit_exactly(cls, kw):
     assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(resumed.params, straight.params))
 
 
-DISTRIBUTED = {"hizoo": (HiZOO, {"hessian_smooth": 0.5}), "lozo_m": (LOZOM, {"rank": 2, "update_interval": 2}),
+DISTRIBUTED = {"hizoo": (HiZOO, {"hessian_smooth": 0.5}),
+               "lozo_m": (LOZOM, {"rank": 2, "update_interval": 2}),
                "sparse_mezo": (SparseMeZO, {"threshold": "current"}), "zo_sign": (ZOSign, {}),
                "spsa_one_side": (SPSA, {"perturbation": "one_side"}), "lozo": (LOZO, {"rank": 2})}
 
@@ -426,16 +432,26 @@ def test_zo_cons_runs_in_one_process_only():
 
 # ---- hyperparameter validation ---------------------------------------------------------------
 BAD = [
-    (ZOSign, {"sign_of": "magnitude"}, "solver.sign_of"), (ZOCons, {"n_perts": 2}, "solver.n_perts"),
-    (ZOCons, {"weight_decay": 0.1}, "solver.weight_decay"), (HiZOO, {"hessian_smooth": 1.0}, "solver.hessian_smooth"),
-    (HiZOO, {"hessian_smooth": float("nan")}, "solver.hessian_smooth"), (HiZOO, {"dist": "uniform"}, "solver.dist"),
-    (SPSA, {"perturbation": "both"}, "solver.perturbation"), (MeZO, {"perturbation": "one-side"}, "solver.perturbation"),
-    (LOZO, {"rank": 0}, "solver.rank"), (LOZO, {"update_interval": 0}, "solver.update_interval"),
-    (LOZO, {"rank": 16, "lora_rank": 8}, "solver.rank"), (LOZOM, {"momentum": 1.0}, "solver.momentum"),
-    (LOZOM, {"momentum": float("inf")}, "solver.momentum"), (SparseMeZO, {"sparsity": 1.0}, "solver.sparsity"),
-    (SparseMeZO, {"sparsity": -0.1}, "solver.sparsity"), (SparseMeZO, {"threshold": "global"}, "solver.threshold"),
-    (SparseMeZO, {"exact": False}, "solver.exact"), (SPSA, {"eps": float("inf")}, "solver.eps"),
-    (MeZO, {"lr": float("nan")}, "solver.lr"), (ZOSign, {"weight_decay": float("inf")}, "solver.weight_decay"),
+    (ZOSign, {"sign_of": "magnitude"}, "solver.sign_of"),
+    (ZOSign, {"weight_decay": float("inf")}, "solver.weight_decay"),
+    (ZOCons, {"n_perts": 2}, "solver.n_perts"),
+    (ZOCons, {"weight_decay": 0.1}, "solver.weight_decay"),
+    (HiZOO, {"hessian_smooth": 1.0}, "solver.hessian_smooth"),
+    (HiZOO, {"hessian_smooth": float("nan")}, "solver.hessian_smooth"),
+    (HiZOO, {"dist": "uniform"}, "solver.dist"),
+    (SPSA, {"perturbation": "both"}, "solver.perturbation"),
+    (MeZO, {"perturbation": "one-side"}, "solver.perturbation"),
+    (LOZO, {"rank": 0}, "solver.rank"),
+    (LOZO, {"update_interval": 0}, "solver.update_interval"),
+    (LOZO, {"rank": 16, "lora_rank": 8}, "solver.rank"),
+    (LOZOM, {"momentum": 1.0}, "solver.momentum"),
+    (LOZOM, {"momentum": float("inf")}, "solver.momentum"),
+    (SparseMeZO, {"sparsity": 1.0}, "solver.sparsity"),
+    (SparseMeZO, {"sparsity": -0.1}, "solver.sparsity"),
+    (SparseMeZO, {"threshold": "global"}, "solver.threshold"),
+    (SparseMeZO, {"exact": False}, "solver.exact"),
+    (SPSA, {"eps": float("inf")}, "solver.eps"),
+    (MeZO, {"lr": float("nan")}, "solver.lr"),
 ]
 
 
@@ -458,3 +474,30 @@ CLI = [
 @pytest.mark.parametrize("overrides,expected,allowed", CLI, ids=[" ".join(c[0]) for c in CLI])
 def test_bad_overrides_fail_with_one_line_before_the_model_loads(tmp_path, overrides, expected, allowed):
     assert_fails_early(tmp_path, overrides, expected, allowed)
+
+
+# ---- end to end: `python -m zoexp.replay --verify` on real runs ------------------------------
+REPLAY_RUNS = {
+    "hizoo": ["solver=hizoo", "solver.hessian_smooth=0.5"],           # the Hessian diagonal is state
+    "lozo_m": ["solver=lozo_m", "solver.update_interval=2", "solver.perturbation=one_side"],
+    "sparse_mezo": ["solver=sparse_mezo", "solver.threshold=current"],
+    "zo_cons": ["solver=zo_cons", "solver.lr=0.5"],                  # some candidates rejected
+}
+
+
+@pytest.mark.slow  # one short LoRA run of the default model each (~1 min on 2 CPU cores)
+@pytest.mark.parametrize("name", list(REPLAY_RUNS))
+def test_cli_replay_redoes_a_real_run_bit_exactly(name, tmp_path, sst2_dir, capsys):
+    from tests.conftest import run_main
+    from zoexp import replay as R
+
+    run_dir = tmp_path / "run"
+    proc = run_main("hardware=cpu", "peft=lora", f"task.data_dir={sst2_dir}", "solver.steps=5",
+                    "solver.batch_size=2", "solver.eval_every=0", "task.num_train=4", "task.num_dev=4",
+                    "task.num_eval=4", "checkpoint_every=4", f"hydra.run.dir={run_dir}", *REPLAY_RUNS[name])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert R.main([str(run_dir), "--verify"]) == 0
+    assert "replay to step 4 vs checkpoint.pt: bit-identical" in capsys.readouterr().out
+    untrained = R.replay(run_dir, 0)
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert not all(torch.equal(a, b) for a, b in zip(untrained.params, ckpt["params"]))

@@ -13,11 +13,11 @@ buffer). Per step, with u ~ N(0, I) drawn from the seed (the engine's z) and mu 
 
 i.e. elementwise h <- (1 - alpha) h + alpha c h u^2 with c = |f+ + f- - 2 f0| / (2 mu^2), and
 the step divides u by sqrt(h) of the *updated* estimate, while the two probes used the
-previous one. This is the paper's update of Sigma^-1 and its Algorithm 1, and the released
-trainer (`zo_Hessian_step_update`, top-level trainer.py; an earlier copy in large_models/
-applies h where h^-1 belongs) does the same. `alpha` is `hessian_smooth` (the released
-scripts default to 1e-8, which leaves h ~ 1: MeZO plus one forward). One extra forward a step
-over MeZO: the shared f0.
+previous one: the paper's update of Sigma^-1 and its step order, which the released trainer
+(`zo_Hessian_step_update` in the top-level trainer.py) follows too (an earlier copy in
+large_models/ stores Sigma instead but smooths it with the Sigma^-1 term). `alpha` is
+`hessian_smooth` (the released scripts default to 1e-8, which leaves h ~ 1: MeZO plus one
+forward). One extra forward a step over MeZO: the shared f0.
 
 With `n_perts` > 1 (our generalisation; the paper uses one direction): every direction is
 probed at the same theta and Sigma_{t-1}; the Hessian update averages c_k h u_k^2 over them and
