@@ -450,6 +450,39 @@ class ComposedVerbs:
             self.perturb(next_seed, next_scale)
 
 
+class InPlaceDirections(ComposedVerbs):
+    """The engine's verbs for directions computed in torch: a subclass defines
+    `direction(seed, i)` (a float32 tensor shaped like parameter i) over `self.params`, and
+    perturb / move / restore / update add `scale * direction` in place, one tensor at a time
+    (one temporary the size of the largest parameter). Wrapped in `ExactDirections` for
+    bit-exact restores; in place, float rounding can leave an ulp of drift per cycle."""
+
+    params: list
+
+    def direction(self, seed: int, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
+        for i, p in enumerate(self.params):
+            if decay:
+                p.mul_(1.0 - decay)
+            p.add_(self.direction(seed, i).to(p.dtype), alpha=scale)
+
+    def perturb(self, seed: int, scale: float) -> None:
+        self._add(seed, scale)
+
+    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
+        self._add(seed, new_scale - old_scale)
+
+    def restore(self, seed: int, scale: float) -> None:
+        self._add(seed, -scale)
+
+    def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
+        if coef != 0.0 or decay != 0.0:
+            self._add(seed, coef, decay)
+
+
 class ExactDirections(ComposedVerbs):
     """Bit-exact perturb / move / restore for any directions object with `direction(seed, i)`
     and `update(seed, coef, decay)` -- e.g. SubZero's low-rank Z = U S V^T.

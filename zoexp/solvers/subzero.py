@@ -21,12 +21,12 @@ from typing import Sequence
 import torch
 
 from zoexp.errors import ConfigError
-from zoexp.perturb import ComposedVerbs, ExactDirections
+from zoexp.perturb import ExactDirections, InPlaceDirections
 from zoexp.solvers.base import StepResult, check, derive_seed
 from zoexp.solvers.zo import ZOSolver
 
 
-class LowRankDirections(ComposedVerbs):
+class LowRankDirections(InPlaceDirections):
     """Seeded SubZero directions over a list of parameters (the engine's verbs, in torch)."""
 
     def __init__(self, params: Sequence[torch.Tensor], rank: int, seed: int) -> None:
@@ -66,26 +66,6 @@ class LowRankDirections(ComposedVerbs):
         """S of direction `seed` for matrix `index` (r x r, float32, on the CPU). Batched probes
         (`zoexp.batched_probes`) apply U S V^T as three thin matmuls and need S alone."""
         return torch.randn(self.rank, self.rank, generator=self._generator(seed, index))
-
-    @torch.no_grad()
-    def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
-        for i, p in enumerate(self.params):
-            if decay:
-                p.mul_(1.0 - decay)
-            p.add_(self.direction(seed, i).to(p.dtype), alpha=scale)
-
-    def perturb(self, seed: int, scale: float) -> None:
-        self._add(seed, scale)
-
-    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
-        self._add(seed, new_scale - old_scale)
-
-    def restore(self, seed: int, scale: float) -> None:
-        self._add(seed, -scale)
-
-    def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
-        if coef != 0.0 or decay != 0.0:
-            self._add(seed, coef, decay)
 
 
 class SubZero(ZOSolver):
