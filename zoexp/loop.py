@@ -167,8 +167,11 @@ class Loop:
         computed, real = scorer.computed_tokens, scorer.real_tokens
         try:
             result = solver.step(batch, step)
-            if not math.isfinite(result.loss):  # a solver that applied its update before checking
-                raise Diverged(step, "the training loss", result.loss, applied=True)
+            try:  # the backstop for a solver that applied its update without `ensure_finite`
+                solver.ensure_finite(step, result.loss, record=result.record)
+            except Diverged as late:
+                late.applied = True
+                raise
         except Diverged as diverged:
             state.fwd_passes += self.ranks.total(scorer.forward_passes - before)
             if self.on_divergence == "stop" or diverged.applied:

@@ -29,7 +29,7 @@ from zoexp.errors import ConfigError, Diverged, RunDirError, Terminated
 from zoexp.jsonl import CorruptFile
 from zoexp.rundir import RunLock, claim, resolve
 from zoexp.signals import NEVER, GracefulStop
-from zoexp.solvers.base import check, finite_number
+from zoexp.solvers.base import check, is_number
 
 log = logging.getLogger("zoexp")
 RESULT_FILES = ("metrics.jsonl", "summary.json", "checkpoint.pt", "trajectory.jsonl")
@@ -70,7 +70,7 @@ def check_run_config(cfg: DictConfig) -> None:
     on_divergence = cfg.get("on_divergence", "stop")
     check("on_divergence", on_divergence in ON_DIVERGENCE, on_divergence, " or ".join(ON_DIVERGENCE))
     progress = cfg.get("progress_every_s", 30)
-    check("progress_every_s", finite_number(progress) and progress >= 0, progress,
+    check("progress_every_s", is_number(progress) and progress >= 0, progress,
           "a number of seconds >= 0 (0: no progress lines)")
     check("hardware.seed", integer(cfg.hardware.seed) and cfg.hardware.seed >= 0, cfg.hardware.seed,
           "an integer >= 0")
@@ -97,6 +97,9 @@ def prepare(cfg: DictConfig) -> dict:
     from zoexp.objectives import resolve_objective_name
 
     resolve_objective_name(cfg.objective, task.kind)
+    from zoexp.graphs import resolve_cuda_graphs
+
+    cuda_graphs = resolve_cuda_graphs(cfg.hardware.get("cuda_graphs", "auto"), device, solver)
     if solver.trains and solver.batch_size > task.num_train:
         raise ConfigError("solver.batch_size", f"got {solver.batch_size}, larger than task.num_train="
                           f"{task.num_train}; allowed: at most {task.num_train}")
@@ -107,7 +110,7 @@ def prepare(cfg: DictConfig) -> dict:
     data = task.sample()
     log.info("data: %d train / %d dev / %d test examples", *(len(data[k]) for k in ("train", "dev", "test")))
     return {"device": device, "task": task, "solver": solver, "peft": peft_config, "data": data,
-            "ranks": ranks}
+            "ranks": ranks, "cuda_graphs": cuda_graphs}
 
 
 def execute(cfg: DictConfig, run_dir: Path, stop: GracefulStop = NEVER) -> dict:
@@ -127,7 +130,8 @@ def execute(cfg: DictConfig, run_dir: Path, stop: GracefulStop = NEVER) -> dict:
                         revision=cfg.model.get("revision"))
     log.info("model %s: %.1fM trainable parameters on %s (%s)", cfg.model.name,
              bundle.num_trainable() / 1e6, bundle.device, cfg.model.dtype)
-    scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length)
+    scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length,
+                             cuda_graphs=parts["cuda_graphs"])
     objective = build_objective(cfg.objective, scorer, parts["task"])
     solver, ranks = parts["solver"], parts["ranks"]
     solver.setup(bundle.params, objective, parts["data"]["train"])
@@ -144,6 +148,8 @@ def execute(cfg: DictConfig, run_dir: Path, stop: GracefulStop = NEVER) -> dict:
                     on_divergence=cfg.get("on_divergence", "stop"),
                     progress_every_s=cfg.get("progress_every_s", 30), stop=stop)
         summary = loop.run()
+        if scorer.graphed is not None:
+            log.info(scorer.graphed.summary())
     finally:
         tracker.finish()
         close(ranks)

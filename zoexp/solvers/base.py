@@ -25,6 +25,9 @@ from zoexp.errors import ConfigError, Diverged
 
 LR_SCHEDULES = ("constant", "linear")
 SEED_BITS = (31, 64)  # 64: the whole Philox key; 31: trajectories of format version 1
+# How a seeded ZO solver differences its probes: central (f(theta + eps z) - f(theta - eps z)) /
+# (2 eps), or one-sided (f(theta + eps z) - f(theta)) / eps with f(theta) shared by the directions.
+PERTURBATIONS = ("two_side", "one_side")
 
 
 @dataclass
@@ -38,6 +41,20 @@ def check(field_name: str, ok: bool, got, allowed: str) -> None:
     """Raise the one-line ConfigError when a hyperparameter is out of range."""
     if not ok:
         raise ConfigError(field_name, f"got {got!r}; allowed: {allowed}")
+
+
+def is_number(value) -> bool:
+    """A finite real number (a bool, nan or inf is not): the type every numeric knob needs."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_perturbation(perturbation: str, two_side_only: str | None = None) -> str:
+    """Validate `solver.perturbation`; `two_side_only` names why a solver needs f(theta - eps z)."""
+    check("solver.perturbation", perturbation in PERTURBATIONS, perturbation, str(list(PERTURBATIONS)))
+    if two_side_only is not None:
+        check("solver.perturbation", perturbation == "two_side", perturbation,
+              f"two_side ({two_side_only})")
+    return perturbation
 
 
 def engine_options(dist: str, exact: bool, stochastic_rounding: bool) -> dict:
@@ -65,16 +82,15 @@ def derive_seed(base: int, *keys: int, bits: int = 64) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
-def finite_number(value) -> bool:
-    """An int or float (not a bool) that is finite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
 
 class Solver:
     """Base class. `trains = False` for evaluation-only solvers (zero-shot, ICL)."""
 
     trains = True
     seed_bits = 64  # direction seeds: 64 bits, or 31 to continue / replay a format-1 trajectory
+    # Whether the forwards of a training step can be replayed from CUDA graphs (zoexp.graphs):
+    # not under backprop, nor where a perturbation is computed on the host per read.
+    graphable_steps = True
 
     def __init__(self, steps: int = 0, batch_size: int = 16, eval_every: int = 0,
                  lr: float = 0.0, lr_schedule: str = "constant", weight_decay: float = 0.0,
@@ -84,10 +100,10 @@ class Solver:
         check("solver.batch_size", isinstance(batch_size, int) and batch_size >= 1, batch_size, "an integer >= 1")
         check("solver.eval_every", isinstance(eval_every, int) and eval_every >= 0, eval_every,
               "an integer >= 0 (0: evaluate at the end only)")
-        check("solver.lr", finite_number(lr) and lr >= 0, lr, "a finite number >= 0")
+        check("solver.lr", is_number(lr) and lr >= 0, lr, "a number >= 0")
         check("solver.lr_schedule", lr_schedule in LR_SCHEDULES, lr_schedule, str(list(LR_SCHEDULES)))
-        check("solver.weight_decay", finite_number(weight_decay) and weight_decay >= 0,
-              weight_decay, "a finite number >= 0")
+        check("solver.weight_decay", is_number(weight_decay) and weight_decay >= 0, weight_decay,
+              "a number >= 0")
         check("solver.seed", isinstance(seed, int) and not isinstance(seed, bool), seed, "an integer")
         self.steps, self.batch_size, self.eval_every = steps, batch_size, eval_every
         self.lr, self.lr_schedule, self.weight_decay = float(lr), lr_schedule, float(weight_decay)
@@ -103,8 +119,9 @@ class Solver:
         it splits a step (the seeded ZO solvers deal out their directions), else it refuses."""
         if ranks.world > 1 and self.trains:
             raise ConfigError("processes", f"got {ranks.world}; {type(self).__name__} does not split "
-                              "its steps over processes; allowed: 1 (several: solver=spsa, spsa15, "
-                              "subzero, zo_adam or zo_sgd_momentum with solver.n_perts >= processes)")
+                              "its steps over processes; allowed: 1 (several: a seeded ZO solver -- "
+                              "spsa, spsa15, subzero, zo_adam, zo_sgd_momentum, zo_sign, hizoo, lozo, "
+                              "lozo_m, sparse_mezo -- with solver.n_perts >= processes)")
         self.ranks = ranks
 
     def setup(self, params: Sequence, objective, train_examples: Sequence = ()) -> None:

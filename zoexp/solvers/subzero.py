@@ -21,12 +21,12 @@ from typing import Sequence
 import torch
 
 from zoexp.errors import ConfigError
-from zoexp.perturb import ComposedVerbs, ExactDirections
+from zoexp.perturb import ExactDirections, InPlaceDirections
 from zoexp.solvers.base import StepResult, check, derive_seed
 from zoexp.solvers.zo import ZOSolver
 
 
-class LowRankDirections(ComposedVerbs):
+class LowRankDirections(InPlaceDirections):
     """Seeded SubZero directions over a list of parameters (the engine's verbs, in torch)."""
 
     def __init__(self, params: Sequence[torch.Tensor], rank: int, seed: int) -> None:
@@ -58,35 +58,21 @@ class LowRankDirections(ComposedVerbs):
 
     def direction(self, seed: int, index: int) -> torch.Tensor:
         """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32)."""
-        p, gen = self.params[index], self._generator(seed, index)
+        p = self.params[index]
         if index in self.bases:
             u, v = self.bases[index]
-            s = torch.randn(self.rank, self.rank, generator=gen).to(p.device)
-            return u @ s @ v.T
-        return torch.randn(p.shape, generator=gen).to(p.device)
+            return u @ self.core(seed, index).to(p.device) @ v.T
+        return torch.randn(p.shape, generator=self._generator(seed, index)).to(p.device)
 
-    @torch.no_grad()
-    def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
-        for i, p in enumerate(self.params):
-            if decay:
-                p.mul_(1.0 - decay)
-            p.add_(self.direction(seed, i).to(p.dtype), alpha=scale)
-
-    def perturb(self, seed: int, scale: float) -> None:
-        self._add(seed, scale)
-
-    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
-        self._add(seed, new_scale - old_scale)
-
-    def restore(self, seed: int, scale: float) -> None:
-        self._add(seed, -scale)
-
-    def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
-        if coef != 0.0 or decay != 0.0:
-            self._add(seed, coef, decay)
+    def core(self, seed: int, index: int) -> torch.Tensor:
+        """S of direction `seed` for matrix `index` (r x r, float32, on the CPU). Batched probes
+        (`zoexp.batched_probes`) apply U S V^T as three thin matmuls and need S alone."""
+        return torch.randn(self.rank, self.rank, generator=self._generator(seed, index))
 
 
 class SubZero(ZOSolver):
+    directions_kind = "low_rank"  # batched probes apply with any peft (zoexp.batched_probes)
+
     def __init__(self, rank: int = 8, update_interval: int = 1000, lora_rank: int | None = None,
                  exact: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -100,6 +86,11 @@ class SubZero(ZOSolver):
         check("solver.exact", isinstance(exact, bool), exact, "true or false")
         self.rank, self.update_interval, self.exact = rank, update_interval, exact
         self.low_rank: LowRankDirections | None = None
+
+    @property
+    def graphable_steps(self) -> bool:
+        """Exact mode computes each read's U S V^T on the host: not replayable from a graph."""
+        return not self.exact
 
     def make_directions(self) -> LowRankDirections | ExactDirections:
         self.low_rank = LowRankDirections(self.params, self.rank, self.seed)
