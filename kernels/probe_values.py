@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from kernels import sweep as _sweep
+from kernels.sweep_op import _seed_word  # 64-bit seeds >= 2**63 travel as their int64 bit pattern
 
 _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
@@ -72,7 +73,7 @@ def probe_values(tensors: list[torch.Tensor], offsets: list[int], bases: list[in
     device, dtype = tensors[0].device, tensors[0].dtype
     table, tile_tab, n_tiles = _tables(tensors, offsets, bases)
     rows_t = torch.tensor(rows, dtype=torch.int32).to(device, non_blocking=True)
-    seeds_t = torch.tensor(seeds, dtype=torch.int64).to(device, non_blocking=True)
+    seeds_t = torch.tensor([_seed_word(s) for s in seeds], dtype=torch.int64).to(device, non_blocking=True)
     scales_t = torch.tensor(scales, dtype=torch.float32).to(device, non_blocking=True)
     gaussian = dist == "gaussian"
     if device not in _sweep._DUMMIES:

@@ -156,7 +156,8 @@ def test_values_are_bit_for_bit_what_the_engine_reads(dist, dtype, backend):
     device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # compiled
     params = [torch.nn.Parameter(torch.randn(s).to(dtype).to(device)) for s in shapes]
     engine = PerturbationEngine(params, dist=dist, backend=backend)
-    probes = [Probe(11, 0.3), Probe(), Probe(11, -0.3), Probe(12345, 1e-3)]
+    probes = [Probe(11, 0.3), Probe(), Probe(11, -0.3), Probe(12345, 1e-3),
+              Probe(2**40 + 7, 0.2), Probe(2**63 + 5, -0.2), Probe(2**64 - 1, 0.1)]  # 64-bit seeds
     state = B.EngineValues(engine, list(range(len(params))))(probes)
     assert B.EngineValues(engine, []).fused == (backend == "triton")
     for g, probe in enumerate(probes):

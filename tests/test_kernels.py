@@ -96,11 +96,13 @@ def test_kernel_matches_reference_for_64_bit_seeds(dist):
                    SweepOp(seed1=seed1, restore_scale=1e-3, coef=1e-2, decay=0.1, perturb_scale=2e-3,
                            seed2=seed2),
                    SweepOp(seed1=seed1, coef=-3e-4, stochastic=True)):
-            a, b = _tensors(torch.bfloat16), _tensors(torch.bfloat16)
+            a, b, c = _tensors(torch.bfloat16), _tensors(torch.bfloat16), _tensors(torch.bfloat16)
             K.sweep(a, offsets, op, dist)
             R.sweep(b, offsets, op, dist)
             mismatch = max((x != y).float().mean().item() for x, y in zip(a, b))
             assert mismatch == 0.0 if dist == "rademacher" else mismatch < 1e-3
+            K.sweep(c, offsets, DeviceScalars(DEVICE).write(op), dist)  # the CUDA-graph path's int64 words
+            assert all(torch.equal(x, y) for x, y in zip(a, c))
         out = torch.empty(3000, device=DEVICE)
         K.sweep([torch.zeros(3000, device=DEVICE)], [1000003], SweepOp(seed1=seed1, perturb_scale=1.0),
                 dist, out=[out])
