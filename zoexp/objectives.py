@@ -84,7 +84,7 @@ class CandidateScorer:
             ids, mask = ids.repeat(groups, 1), mask.repeat(groups, 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         logits_to_keep=keep)
+                         logits_to_keep=keep, use_cache=False)
         return out.logits[:, -keep:].float()
 
     def single_token_words(self, examples: Sequence[Example]) -> list[int] | None:
@@ -183,8 +183,12 @@ class Objective:
     def group_losses(self, examples: Sequence[Example], groups: int) -> list[float]:
         """The batch's loss for each of `groups` row groups of one forward. Whatever makes
         the groups differ (a probe strategy's per-group perturbation) is arranged by the
-        caller; `loss` is the one-group case, so both reduce in the same order."""
-        return self.example_losses(examples, groups).view(groups, -1).mean(1).tolist()
+        caller; `loss` is the one-group case. Each group's mean is taken on a fresh copy of
+        that group alone, so it is the same reduction, on the same shape and alignment, as
+        `loss` (layer-major probes rely on it to equal the sequential losses bit for bit)."""
+        losses = self.example_losses(examples, groups)
+        n = losses.numel() // groups
+        return torch.stack([losses[g * n:(g + 1) * n].clone().mean() for g in range(groups)]).tolist()
 
     @torch.no_grad()
     def predict(self, examples: Sequence[Example], groups: int = 1) -> list:

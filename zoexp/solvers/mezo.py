@@ -20,20 +20,23 @@ from zoexp.solvers.base import Solver, StepResult, check, engine_options
 
 
 class MeZO(Solver):
+    placements = ("device", "offload", "fsdp")
+
     def __init__(self, eps: float = 1e-3, dist: str = "gaussian", exact: bool = True,
                  stochastic_rounding: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.eps", isinstance(eps, (int, float)) and eps > 0, eps, "a number > 0")
         self.eps = float(eps)
         self.engine_options = engine_options(dist, exact, stochastic_rounding)
+        self.exact = exact
         self.engine: PerturbationEngine | None = None
         self.probes: ProbeStrategy | None = None
         self.carried: int | None = None  # seed whose +eps perturbation the weights hold now
 
     def setup(self, params, objective, train_examples=()) -> None:
         super().setup(params, objective, train_examples)
-        self.engine = PerturbationEngine(self.params, **self.engine_options)
-        self.probes = self.make_probes()
+        self.engine = self.placement.directions(PerturbationEngine(self.params, **self.engine_options))
+        self.probes = self.placement.probes(self.engine, self.objective) or self.make_probes()
 
     def make_probes(self) -> ProbeStrategy:
         """How the two probes of a step are evaluated (`zoexp.probes`)."""
@@ -80,6 +83,7 @@ class MeZO(Solver):
         if self.carried is not None:
             self.engine.restore(self.carried, self.eps)
             self.carried = None
+        self.placement.settle()
 
     def replay(self, record: dict) -> None:
         self.engine.update(record["seed"], record["coef"], record["decay"])

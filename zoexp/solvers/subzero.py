@@ -29,6 +29,8 @@ from zoexp.solvers.zo import ZOSolver
 class LowRankDirections(ComposedVerbs):
     """Seeded SubZero directions over a list of parameters (the engine's verbs, in torch)."""
 
+    exact = False  # perturb / restore add in place
+
     def __init__(self, params: Sequence[torch.Tensor], rank: int, seed: int) -> None:
         self.params, self.rank, self.seed = list(params), rank, seed
         for i, p in enumerate(self.params):
@@ -54,14 +56,20 @@ class LowRankDirections(ComposedVerbs):
                 self.bases[i] = (u.to(p.device), v.to(p.device))
         self.subspace = index
 
-    def direction(self, seed: int, index: int) -> torch.Tensor:
-        """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32)."""
+    def direction(self, seed: int, index: int, device: torch.device | None = None) -> torch.Tensor:
+        """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32), on
+        `device` (default: where the parameter is)."""
         p, gen = self.params[index], self._generator(seed, index)
+        device = p.device if device is None else device
         if index in self.bases:
-            u, v = self.bases[index]
-            s = torch.randn(self.rank, self.rank, generator=gen).to(p.device)
+            u, v = (b.to(device) for b in self.bases[index])
+            s = torch.randn(self.rank, self.rank, generator=gen).to(device)
             return u @ s @ v.T
-        return torch.randn(p.shape, generator=gen).to(p.device)
+        return torch.randn(p.shape, generator=gen).to(device)
+
+    def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "LowRankView":
+        """The directions of parameters `indices`, acting on `params` (an uploaded block)."""
+        return LowRankView(self, params, indices)
 
     @torch.no_grad()
     def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
@@ -84,7 +92,31 @@ class LowRankDirections(ComposedVerbs):
             self._add(seed, coef, decay)
 
 
+class LowRankView(ComposedVerbs):
+    """Some of a LowRankDirections' parameters, held by other tensors (zoexp.offload uploads
+    a block): the same Z (same generator keys, same subspace), on the tensors' device."""
+
+    exact = False
+
+    def __init__(self, root: LowRankDirections, params: Sequence[torch.Tensor],
+                 indices: Sequence[int]) -> None:
+        self.root, self.params, self.indices = root, list(params), list(indices)
+
+    def direction(self, seed: int, index: int) -> torch.Tensor:
+        return self.root.direction(seed, self.indices[index], self.params[index].device)
+
+    _add = LowRankDirections._add
+    perturb, move, restore, update = (LowRankDirections.perturb, LowRankDirections.move,
+                                      LowRankDirections.restore, LowRankDirections.update)
+
+    def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "LowRankView":
+        return LowRankView(self.root, params, [self.indices[i] for i in indices])
+
+
 class SubZero(ZOSolver):
+    placements = ("device", "offload")
+    placement_note = "its low-rank directions are not generated element by element: no fsdp"
+
     def __init__(self, rank: int = 8, update_interval: int = 1000, lora_rank: int | None = None,
                  exact: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -107,7 +139,10 @@ class SubZero(ZOSolver):
         return step // self.update_interval
 
     def step(self, batch, step: int) -> StepResult:
-        self.low_rank.use_subspace(self.subspace_index(step))
+        index = self.subspace_index(step)
+        if self.low_rank.subspace not in (None, index):
+            self.settle()  # deferred updates (offload) still need the old subspace's Z
+        self.low_rank.use_subspace(index)
         return super().step(batch, step)
 
     def make_record(self, step: int, seeds: list[int], grads: list[float]) -> dict:

@@ -35,6 +35,8 @@ class ZOSolver(Solver):
     All directions are probed at the same theta and on the same batch (2 n forwards).
     """
 
+    placements = ("device", "offload", "fsdp")
+
     def __init__(self, eps: float = 1e-3, n_perts: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.eps", isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0,
@@ -47,9 +49,12 @@ class ZOSolver(Solver):
         self.exact = True  # perturbations restore bit-exactly (subclasses set it from their YAML)
 
     def setup(self, params, objective, train_examples=()) -> None:
+        """The directions and the probe strategy; a placement that streams or shards the
+        model wraps the first (deferred / shard-local updates) and decides the second
+        (layer-major probes), so a subclass gets offload and sharding without a line."""
         super().setup(params, objective, train_examples)
-        self.directions = self.make_directions()
-        self.probes = self.make_probes()
+        self.directions = self.placement.directions(self.make_directions())
+        self.probes = self.placement.probes(self.directions, self.objective) or self.make_probes()
 
     def make_directions(self) -> Directions:
         raise NotImplementedError
@@ -57,6 +62,9 @@ class ZOSolver(Solver):
     def make_probes(self) -> ProbeStrategy:
         """How this solver's probes are evaluated (`zoexp.probes`)."""
         return SequentialProbes(self.directions, self.objective)
+
+    def settle(self) -> None:
+        self.placement.settle()
 
     def distribute(self, ranks: Ranks) -> None:
         """Deal the n directions of each step to the ranks (`zoexp.distributed`)."""
