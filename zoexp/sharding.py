@@ -144,8 +144,12 @@ class FSDPShard(Placement):
     def load_device(self) -> torch.device:
         return torch.device("cpu")
 
-    def place(self, bundle) -> None:
+    def place(self, bundle, materialize=None) -> None:
+        """Shard the model; `materialize(model)` then allocates and fills the shards of a model
+        built on the meta device (benchmarks: a model no process could hold whole)."""
         shard_model(bundle.model, self.device.type)
+        if materialize is not None:
+            materialize(bundle.model)
         bundle.trainable = [(n, p) for n, p in bundle.model.named_parameters() if p.requires_grad]
         bundle.device = self.device
         self.units = Units(bundle.model, bundle.trainable)
