@@ -37,19 +37,22 @@ from zoexp.bench import DTYPES, add_workload_args, random_batch_loss, time_ms
 from zoexp.perturb import PerturbationEngine
 
 CHUNK = 1 << 28
+GROUP_MAX_NUMEL = 1 << 22  # as measured: tensors below this went through the grouped sweep
 MOVE = SweepOp(seed1=3, restore_scale=1e-3, perturb_scale=-1e-3)
 BLOCK, WARPS = 32768, 16  # the best per-program rate of 8-32 warps x 8-32 K elements (H100)
 
 
 @triton.jit
 def _sweep_strided(x_ptr, out_ptr, n, gstart, shift, n_tiles, seed1, seed2, packed1, packed2,
-                   scale_a, keep, coef, scale_c, W: tl.constexpr, BLOCK_: tl.constexpr,
-                   GAUSSIAN: tl.constexpr, HAS_A: tl.constexpr, HAS_B: tl.constexpr,
-                   HAS_C: tl.constexpr, Z2_SAME: tl.constexpr, SR: tl.constexpr,
-                   PACKED1: tl.constexpr, PACKED2: tl.constexpr, MANT: tl.constexpr,
-                   EMIN: tl.constexpr):
+                   scale_a, keep, coef, scale_c, scal_ptr, W: tl.constexpr,
+                   BLOCK_: tl.constexpr, GAUSSIAN: tl.constexpr, HAS_A: tl.constexpr,
+                   HAS_B: tl.constexpr, HAS_C: tl.constexpr, Z2_SAME: tl.constexpr,
+                   SR: tl.constexpr, PACKED1: tl.constexpr, PACKED2: tl.constexpr,
+                   MANT: tl.constexpr, EMIN: tl.constexpr, DEV: tl.constexpr):
     """The sweep kernel's own body on a fixed number of programs (persistent)."""
     zero = tl.program_id(0).to(tl.int64) * 0
+    seed1, seed2, scale_a, keep, coef, scale_c = kernels._scalars(
+        scal_ptr, seed1, seed2, scale_a, keep, coef, scale_c, DEV)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         kernels._body(x_ptr, out_ptr, n, gstart, shift, zero + tile, seed1, seed2, packed1,
                       packed2, scale_a, keep, coef, scale_c, W, BLOCK_, GAUSSIAN, HAS_A, HAS_B,
@@ -69,9 +72,9 @@ def sweep_on(programs: int | None, tensors, offsets, op: SweepOp, dist: str) -> 
     """`kernels.sweep.sweep`, with each large tensor on at most `programs` programs."""
     if programs is None:
         return kernels.sweep(tensors, offsets, op, dist)
-    small = [(x, off) for x, off in zip(tensors, offsets) if x.numel() < kernels.GROUP_MAX_NUMEL]
+    small = [(x, off) for x, off in zip(tensors, offsets) if x.numel() < GROUP_MAX_NUMEL]
     for x, off in zip(tensors, offsets):
-        if x.numel() >= kernels.GROUP_MAX_NUMEL:
+        if x.numel() >= GROUP_MAX_NUMEL:
             scalars, meta = kernels._args(op, x, dist == "gaussian")
             shift = off % kernels.ALIGN
             tiles = triton.cdiv(x.numel() + shift, BLOCK)

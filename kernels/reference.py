@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from kernels.philox import RADEMACHER_GROUP, rounding_uniform, unpack_signs, z_reference
-from kernels.sweep_op import SweepOp
+from kernels.sweep_op import SweepOp, scalar_values
 
 CHUNK = 1 << 20
 _MANTISSA = {torch.bfloat16: 7, torch.float16: 10}
@@ -40,39 +40,48 @@ def stochastic_round(y: torch.Tensor, u: torch.Tensor, dtype: torch.dtype) -> to
     return (fl + (u < t - fl).to(torch.float32)) * ulp
 
 
-def _apply(x: torch.Tensor, start: int, op: SweepOp, dist: str) -> torch.Tensor:
+def _apply(x: torch.Tensor, start: int, op: SweepOp, dist: str, values: tuple) -> torch.Tensor:
     """The swept values of the flat chunk x (global elements [start, start + len(x))), computed
-    in fp32 like the kernels (fp64 parameters, which the kernels do not take, in fp64)."""
+    in fp32 like the kernels (fp64 parameters, which the kernels do not take, in fp64).
+    `values` = `scalar_values(op)`."""
     n, device, dtype = x.numel(), x.device, x.dtype
+    seed1, seed2, restore_scale, keep, coef, perturb_scale = values
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     y = x.to(acc)
     need_z1 = op.restore_scale is not None or op.coef is not None or (
         op.seed2 is None and op.packed2 is None)
-    z1 = _z(op.seed1, op.packed1, start, n, dist, device).to(acc) if need_z1 else None
+    z1 = _z(seed1, op.packed1, start, n, dist, device).to(acc) if need_z1 else None
     if op.restore_scale is not None:
-        y = (y - _scalar(op.restore_scale, acc) * z1).to(dtype).to(acc)
+        y = (y - _scalar(restore_scale, acc) * z1).to(dtype).to(acc)
     if op.coef is not None:
-        y = y * _scalar(1.0 - op.decay, acc) + _scalar(op.coef, acc) * z1
+        y = y * _scalar(keep, acc) + _scalar(coef, acc) * z1
         if op.stochastic and dtype in _MANTISSA:
-            y = stochastic_round(y, rounding_uniform(op.seed1, start, n, device), dtype)
+            y = stochastic_round(y, rounding_uniform(seed1, start, n, device), dtype)
         y = y.to(dtype).to(acc)
     if op.perturb_scale is not None:
         z2 = z1 if op.seed2 is None and op.packed2 is None else _z(
-            op.seed1 if op.seed2 is None else op.seed2, op.packed2, start, n, dist, device).to(acc)
-        y = y + _scalar(op.perturb_scale, acc) * z2
+            seed2, op.packed2, start, n, dist, device).to(acc)
+        y = y + _scalar(perturb_scale, acc) * z2
     return y.to(dtype)
+
+
+def plan(tensors: list[torch.Tensor], offsets: list[int],
+         out: list[torch.Tensor] | None = None) -> None:
+    """Nothing to plan: the reference loops over the tensors."""
+    return None
 
 
 @torch.no_grad()
 def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: str,
-          out: list[torch.Tensor] | None = None) -> None:
-    """Same contract as `kernels.sweep.sweep`."""
+          out: list[torch.Tensor] | None = None, plan=None) -> None:
+    """Same contract as `kernels.sweep.sweep` (`plan` is ignored)."""
+    values = scalar_values(op)
     for i, (x, off) in enumerate(zip(tensors, offsets)):
         src = x.view(-1)
         dst = src if out is None else out[i].view(-1)
         for lo in range(0, src.numel(), CHUNK):
             hi = min(lo + CHUNK, src.numel())
-            dst[lo:hi] = _apply(src[lo:hi], off + lo, op, dist)
+            dst[lo:hi] = _apply(src[lo:hi], off + lo, op, dist, values)
 
 
 def pack_rademacher(seed: int, n_groups: int, device) -> torch.Tensor:

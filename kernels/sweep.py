@@ -14,13 +14,22 @@ Each program handles BLOCK consecutive elements of the *global* flat index space
 makes 32 calls, each giving two Box-Muller pairs, interleaved back into element order with
 `tl.join` (GAUSSIAN_W = 4 selects [BLOCK/4, 4] tiles instead, one call per row: 3.7x slower
 for a Gaussian move on H100). On the GPU the Box-Muller angle goes through the hardware's
-approximate sin/cos (to ~2e-6 of the reference, see `_z_tile`). Large tensors get one launch
-each (their pointer is a kernel argument, so Triton can prove 16-byte alignment and
-vectorise); small tensors of one dtype
-share one launch through a pointer table, which removes hundreds of launches per sweep on an
-LLM. FMA contraction is disabled so the arithmetic rounds exactly like the torch reference,
-and fp32 -> bf16 is the GPU's round-to-nearest-even conversion (done by hand under the Triton
-interpreter, which truncates instead).
+approximate sin/cos (to ~2e-6 of the reference, see `_z_tile`).
+
+A sweep over many tensors is one launch per dtype (multi-tensor apply): a pointer table says
+which tensor each program's tile belongs to, so a whole-model sweep costs one launch instead
+of one per tensor -- the difference between a launch-bound and a bandwidth-bound sweep on
+models of a few billion parameters or less. Where every tensor of the table is 16-byte
+aligned (checked on the host) the kernel is told so (`tl.multiple_of`), so its loads and
+stores stay 16 bytes wide as for a pointer argument. A single tensor is swept with its
+pointer as an argument (`_sweep_one`), which needs no table and so can be captured in a CUDA
+graph whatever its output address. FMA contraction is disabled so the arithmetic rounds
+exactly like the torch reference, and fp32 -> bf16 is the GPU's round-to-nearest-even
+conversion (done by hand under the Triton interpreter, which truncates instead).
+
+The seeds and scales are kernel arguments, or (`SweepOp.scalars`, `DEV`) read from an int64
+device tensor (`kernels.sweep_op.DeviceScalars`): a kernel captured in a CUDA graph then
+sweeps with whatever (seed, scale) was written there before the replay.
 
 `pack_rademacher` / `unpack_rademacher` store a Rademacher direction at 1 bit per element:
 the packed words are exactly the Philox outputs, so a sweep can read them instead of
@@ -37,7 +46,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from kernels import philox
-from kernels.sweep_op import SweepOp
+from kernels.sweep_op import SweepOp, scalar_values
 
 BLOCK = 4096
 # Globals a @triton.jit function reads must be constexpr.
@@ -45,7 +54,9 @@ STREAM_RADEMACHER = tl.constexpr(philox.STREAM_RADEMACHER)
 STREAM_GAUSSIAN = tl.constexpr(philox.STREAM_GAUSSIAN)
 STREAM_ROUNDING = tl.constexpr(philox.STREAM_ROUNDING)
 ALIGN = 128
-GROUP_MAX_NUMEL = 1 << 22  # tensors below this share one launch
+# Tensors of at least this many elements get a launch of their own (pointer as an argument);
+# all others share one launch per dtype through a pointer table (multi-tensor apply).
+OWN_LAUNCH_NUMEL = 1 << 62
 GAUSSIAN_W = 128  # row width of Gaussian tiles: 128 (join-arranged, 16-byte loads) or 4
 NUM_WARPS_RADEMACHER = 4
 NUM_WARPS_GAUSSIAN = 4  # measured on H100 with fast sin/cos (benchmarks/README.md)
@@ -190,13 +201,29 @@ def _body(x_ptr, out_ptr, n, gstart, shift, tile, seed1, seed2, packed1, packed2
 
 
 @triton.jit
+def _scalars(scal_ptr, seed1, seed2, scale_a, keep, coef, scale_c, DEV: tl.constexpr):
+    """The sweep's scalars: the kernel arguments, or (DEV) the words of a DeviceScalars tensor,
+    which a CUDA graph replay reads afresh."""
+    if DEV:
+        seed1 = tl.load(scal_ptr)
+        seed2 = tl.load(scal_ptr + 1)
+        scale_a = tl.load(scal_ptr + 2).to(tl.int32).to(tl.float32, bitcast=True)
+        keep = tl.load(scal_ptr + 3).to(tl.int32).to(tl.float32, bitcast=True)
+        coef = tl.load(scal_ptr + 4).to(tl.int32).to(tl.float32, bitcast=True)
+        scale_c = tl.load(scal_ptr + 5).to(tl.int32).to(tl.float32, bitcast=True)
+    return seed1, seed2, scale_a, keep, coef, scale_c
+
+
+@triton.jit
 def _sweep_one(x_ptr, out_ptr, n, gstart, shift, seed1, seed2, packed1, packed2,
-               scale_a, keep, coef, scale_c, W: tl.constexpr, BLOCK_: tl.constexpr,
+               scale_a, keep, coef, scale_c, scal_ptr, W: tl.constexpr, BLOCK_: tl.constexpr,
                GAUSSIAN: tl.constexpr, HAS_A: tl.constexpr, HAS_B: tl.constexpr,
                HAS_C: tl.constexpr, Z2_SAME: tl.constexpr, SR: tl.constexpr,
                PACKED1: tl.constexpr, PACKED2: tl.constexpr, MANT: tl.constexpr,
-               EMIN: tl.constexpr):
+               EMIN: tl.constexpr, DEV: tl.constexpr, ALIGNED: tl.constexpr):
     tile = tl.program_id(0).to(tl.int64)
+    seed1, seed2, scale_a, keep, coef, scale_c = _scalars(scal_ptr, seed1, seed2, scale_a, keep,
+                                                          coef, scale_c, DEV)
     _body(x_ptr, out_ptr, n, gstart, shift, tile, seed1, seed2, packed1, packed2,
           scale_a, keep, coef, scale_c, W, BLOCK_, GAUSSIAN, HAS_A, HAS_B, HAS_C, Z2_SAME, SR,
           PACKED1, PACKED2, MANT, EMIN)
@@ -204,17 +231,32 @@ def _sweep_one(x_ptr, out_ptr, n, gstart, shift, seed1, seed2, packed1, packed2,
 
 @triton.jit
 def _sweep_group(like_ptr, ptr_tab, n_tab, gstart_tab, shift_tab, first_tab, out_tab, tile_tab,
-                 seed1, seed2, packed1, packed2, scale_a, keep, coef, scale_c,
+                 seed1, seed2, packed1, packed2, scale_a, keep, coef, scale_c, scal_ptr,
                  W: tl.constexpr, BLOCK_: tl.constexpr, GAUSSIAN: tl.constexpr,
                  HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_C: tl.constexpr,
                  Z2_SAME: tl.constexpr, SR: tl.constexpr, PACKED1: tl.constexpr,
-                 PACKED2: tl.constexpr, MANT: tl.constexpr, EMIN: tl.constexpr):
+                 PACKED2: tl.constexpr, MANT: tl.constexpr, EMIN: tl.constexpr,
+                 DEV: tl.constexpr, ALIGNED: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(tile_tab + pid)
-    x_ptr = tl.load(ptr_tab + t).to(tl.pointer_type(like_ptr.dtype.element_ty))
-    out_ptr = tl.load(out_tab + t).to(tl.pointer_type(like_ptr.dtype.element_ty))
+    x_addr = tl.load(ptr_tab + t)
+    out_addr = tl.load(out_tab + t)
+    n = tl.load(n_tab + t)
+    shift = tl.load(shift_tab + t)
+    x_ptr = x_addr.to(tl.pointer_type(like_ptr.dtype.element_ty))
+    out_ptr = out_addr.to(tl.pointer_type(like_ptr.dtype.element_ty))
+    if ALIGNED:
+        # Every tensor of this table starts 16-byte aligned, in and out, and its numel and
+        # start shift are multiples of 16 (checked on the host): the hints that let the
+        # loads and stores go 16 bytes wide, as they do for a pointer argument.
+        x_ptr = tl.multiple_of(x_ptr, 16)
+        out_ptr = tl.multiple_of(out_ptr, 16)
+        n = tl.multiple_of(n, 16)
+        shift = tl.multiple_of(shift, 16)
     tile = (pid - tl.load(first_tab + t)).to(tl.int64)
-    _body(x_ptr, out_ptr, tl.load(n_tab + t), tl.load(gstart_tab + t), tl.load(shift_tab + t), tile,
+    seed1, seed2, scale_a, keep, coef, scale_c = _scalars(scal_ptr, seed1, seed2, scale_a, keep,
+                                                          coef, scale_c, DEV)
+    _body(x_ptr, out_ptr, n, tl.load(gstart_tab + t), shift, tile,
           seed1, seed2, packed1, packed2, scale_a, keep, coef, scale_c, W, BLOCK_, GAUSSIAN,
           HAS_A, HAS_B, HAS_C, Z2_SAME, SR, PACKED1, PACKED2, MANT, EMIN)
 
@@ -226,47 +268,82 @@ def _args(op: SweepOp, x: torch.Tensor, gaussian: bool) -> tuple[list, dict]:
     if op.stochastic and x.dtype not in (torch.bfloat16, torch.float16):
         op = SweepOp(**{**op.__dict__, "stochastic": False})
     if x.device not in _DUMMIES:
-        _DUMMIES[x.device] = torch.zeros(4, dtype=torch.int32, device=x.device)
+        _DUMMIES[x.device] = torch.zeros(6, dtype=torch.int64, device=x.device)
     dummy = _DUMMIES[x.device]
-    scalars = [op.seed1, op.seed1 if op.seed2 is None else op.seed2,
+    dev = op.scalars is not None
+    seed1, seed2, *values = (0, 0, 0.0, 0.0, 0.0, 0.0) if dev else scalar_values(op)
+    scalars = [seed1, seed2,
                dummy if op.packed1 is None else op.packed1,
                dummy if op.packed2 is None else op.packed2,
-               float(op.restore_scale or 0.0), float(1.0 - op.decay), float(op.coef or 0.0),
-               float(op.perturb_scale or 0.0)]
+               *values, op.scalars if dev else dummy]
     meta = dict(W=GAUSSIAN_W if gaussian else 128, BLOCK_=BLOCK,
                 num_warps=NUM_WARPS_GAUSSIAN if gaussian else NUM_WARPS_RADEMACHER,
                 GAUSSIAN=gaussian, HAS_A=op.restore_scale is not None, HAS_B=op.coef is not None,
                 HAS_C=op.perturb_scale is not None, Z2_SAME=op.seed2 is None and op.packed2 is None,
                 SR=op.stochastic and op.coef is not None, PACKED1=op.packed1 is not None,
                 PACKED2=op.packed2 is not None, MANT=_MANTISSA[x.dtype], EMIN=_MIN_EXP[x.dtype],
-                enable_fp_fusion=False)
+                DEV=dev, enable_fp_fusion=False)
     return scalars, meta
 
 
+def _aligned(x: torch.Tensor, off: int, dst: torch.Tensor) -> bool:
+    """Whether x (and its output) can be swept with 16-byte loads and stores: both start on a
+    16-byte boundary, and its numel and start shift within the Philox alignment are
+    multiples of 16 elements."""
+    return (x.data_ptr() % 16 == 0 and dst.data_ptr() % 16 == 0 and x.numel() % 16 == 0
+            and (off % ALIGN) % 16 == 0)
+
+
+class SweepPlan:
+    """How a list of tensors is swept: which get a launch of their own, and the pointer table
+    of each group sharing one. Built from the tensors' addresses, so valid while none of them
+    moves; a caller that sweeps the same tensors again (the engine, every step) keeps it and
+    skips the per-tensor work on the host."""
+
+    def __init__(self, tensors: list[torch.Tensor], offsets: list[int],
+                 out: list[torch.Tensor] | None = None) -> None:
+        todo = [(x, off, x if out is None else out[i])
+                for i, (x, off) in enumerate(zip(tensors, offsets)) if x.numel() > 0]
+        self.own: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []
+        grouped: dict[tuple, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
+        for x, off, dst in todo:
+            if len(todo) == 1 or x.numel() >= OWN_LAUNCH_NUMEL:
+                self.own.append((x, dst, off - off % ALIGN, off % ALIGN,
+                                 triton.cdiv(x.numel() + off % ALIGN, BLOCK)))
+            else:
+                grouped.setdefault((x.dtype, _aligned(x, off, dst)), []).append((x, off, dst))
+        self.groups = [(group[0][0], *_group_tables(group), aligned)
+                       for (_, aligned), group in grouped.items()]
+
+
+def plan(tensors: list[torch.Tensor], offsets: list[int],
+         out: list[torch.Tensor] | None = None) -> SweepPlan:
+    return SweepPlan(tensors, offsets, out)
+
+
 def sweep(tensors: list[torch.Tensor], offsets: list[int], op: SweepOp, dist: str,
-          out: list[torch.Tensor] | None = None) -> None:
+          out: list[torch.Tensor] | None = None, plan: SweepPlan | None = None) -> None:
     """Apply `op` to each contiguous tensor whose z starts at `offsets[i]` in the flat space:
-    in place, or into `out[i]` (same shape and dtype) leaving the inputs untouched."""
+    in place, or into `out[i]` (same shape and dtype) leaving the inputs untouched. `plan`:
+    a `SweepPlan` of these same tensors (and outputs), kept by the caller.
+
+    One launch for all the tensors of one dtype (multi-tensor apply through a pointer table,
+    two when some tensors are not 16-byte aligned), except that a single tensor, or one of at
+    least `OWN_LAUNCH_NUMEL` elements, gets a launch of its own with its pointer as an
+    argument (no table: nothing to build, which also keeps a single-tensor sweep capturable
+    in a CUDA graph whatever its output address)."""
     gaussian = dist == "gaussian"
-    small: dict[torch.dtype, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
-    for i, (x, off) in enumerate(zip(tensors, offsets)):
-        if x.numel() == 0:
-            continue
-        dst = x if out is None else out[i]
-        if x.numel() < GROUP_MAX_NUMEL:
-            small.setdefault(x.dtype, []).append((x, off, dst))
-            continue
+    plan = SweepPlan(tensors, offsets, out) if plan is None else plan
+    for x, dst, gstart, shift, tiles in plan.own:
         scalars, meta = _args(op, x, gaussian)
-        shift = off % ALIGN
-        grid = (triton.cdiv(x.numel() + shift, BLOCK),)
-        _sweep_one[grid](x, dst, x.numel(), off - shift, shift, *scalars, **meta)
-    for group in small.values():
-        table, tile_tab, n_tiles = _group_tables(group)
-        scalars, meta = _args(op, group[0][0], gaussian)
-        _sweep_group[(n_tiles,)](group[0][0], *table, tile_tab, *scalars, **meta)
+        _sweep_one[(tiles,)](x, dst, x.numel(), gstart, shift, *scalars, ALIGNED=False, **meta)
+    for like, table, tile_tab, n_tiles, aligned in plan.groups:
+        scalars, meta = _args(op, like, gaussian)
+        _sweep_group[(n_tiles,)](like, *table, tile_tab, *scalars, ALIGNED=aligned, **meta)
 
 
 _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}
+_MAX_TABLES = 256
 
 
 def _group_tables(group: list[tuple[torch.Tensor, int, torch.Tensor]]
@@ -277,6 +354,8 @@ def _group_tables(group: list[tuple[torch.Tensor, int, torch.Tensor]]
     key = tuple((x.data_ptr(), x.numel(), off, d.data_ptr()) for x, off, d in group)
     key += (str(group[0][0].device),)
     if key not in _TABLES:
+        if len(_TABLES) >= _MAX_TABLES:  # fresh output buffers every call: do not grow forever
+            _TABLES.clear()
         device = group[0][0].device
         tiles = [triton.cdiv(x.numel() + off % ALIGN, BLOCK) for x, off, _ in group]
         first = [sum(tiles[:i]) for i in range(len(tiles))]

@@ -17,7 +17,7 @@ import triton.language as tl  # noqa: E402
 from kernels import reference as R  # noqa: E402
 from kernels import sweep as K  # noqa: E402
 from kernels.philox import philox4x32, z_reference  # noqa: E402
-from kernels.sweep_op import SweepOp  # noqa: E402
+from kernels.sweep_op import DeviceScalars, SweepOp  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -65,7 +65,7 @@ OPS = [
 @pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_matches_reference(dtype, dist, grouped, monkeypatch):
-    monkeypatch.setattr(K, "GROUP_MAX_NUMEL", 1 << 30 if grouped else 0)
+    monkeypatch.setattr(K, "OWN_LAUNCH_NUMEL", 1 << 62 if grouped else 0)
     offsets = [13, 313, 5313, 5390]
     for op in OPS:
         a, b = _tensors(dtype), _tensors(dtype)
@@ -78,6 +78,59 @@ def test_kernel_matches_reference(dtype, dist, grouped, monkeypatch):
                 assert mismatch == 0.0 if dist == "rademacher" else mismatch < 1e-3
             else:
                 torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("dist", DISTS)
+def test_device_scalars_sweep_like_arguments(dist, grouped, monkeypatch):
+    """The seeds and scales read from a DeviceScalars tensor (what a CUDA graph replays) give
+    the same bits as the same values passed as arguments; the reference reads them too. A
+    second write changes what the same op object sweeps with."""
+    monkeypatch.setattr(K, "OWN_LAUNCH_NUMEL", 1 << 62 if grouped else 0)
+    offsets = [13, 313, 5313, 5390]
+    for op in OPS:
+        a, b, c = _tensors(torch.bfloat16), _tensors(torch.bfloat16), _tensors(torch.bfloat16)
+        scalars = DeviceScalars(DEVICE)
+        K.sweep(a, offsets, op, dist)
+        K.sweep(b, offsets, scalars.write(op), dist)
+        R.sweep(c, offsets, DeviceScalars(DEVICE).write(op), dist)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        ref = _tensors(torch.bfloat16)
+        R.sweep(ref, offsets, op, dist)
+        assert all(torch.equal(x, y) for x, y in zip(c, ref))
+    op = SweepOp(seed1=0, perturb_scale=0.0)
+    scalars = DeviceScalars(DEVICE)
+    dev_op = scalars.write(op)
+    scalars.write(SweepOp(seed1=77, perturb_scale=0.5))    # same tensor, new values
+    a, b = _tensors(torch.float32), _tensors(torch.float32)
+    K.sweep(a, offsets, dev_op, dist)
+    K.sweep(b, offsets, SweepOp(seed1=77, perturb_scale=0.5), dist)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_aligned_and_unaligned_tensors_in_one_sweep():
+    """Tensors whose addresses, sizes and start shifts allow 16-byte accesses go through the
+    aligned table, the others through the plain one (two launches); both as the reference."""
+    sizes = [256, 1024, 77, 4096, 300]
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += n
+    assert [K._aligned(t, o, t) for t, o in zip(_tensors(torch.bfloat16, sizes), offsets)] == [
+        True, True, False, False, False]  # 77 elements; then every start shift is off by 77
+    flat = torch.randn(total + 1).to(torch.bfloat16).to(DEVICE)
+    views = [flat[1 + o:1 + o + n] for o, n in zip(offsets, sizes)]   # 2-byte-misaligned views
+    for dist in DISTS:
+        for tensors in (_tensors(torch.bfloat16, sizes), views):
+            a = [t.clone() for t in tensors]
+            b = [t.clone().cpu() for t in tensors]
+            op = SweepOp(seed1=4, restore_scale=1e-3, perturb_scale=-2e-3, seed2=5)
+            K.sweep(a, offsets, op, dist)
+            R.sweep(b, offsets, op, dist)
+            for x, y in zip(a, b):
+                mismatch = (x.cpu() != y).float().mean().item()
+                assert mismatch == 0.0 if dist == "rademacher" else mismatch < 1e-3
+    assert not any(K._aligned(v, o, v) for v, o in zip(views, offsets))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

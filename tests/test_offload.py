@@ -21,12 +21,18 @@ from zoexp.errors import ConfigError
 from zoexp.offload import HostOffload
 from zoexp.placement import Placement, build_placement
 from zoexp.solvers.fo_sgd import FOSGD
+from zoexp.solvers.hizoo import HiZOO
+from zoexp.solvers.lozo import LOZO
+from zoexp.solvers.lozo_m import LOZOM
 from zoexp.solvers.mezo import MeZO
+from zoexp.solvers.sparse_mezo import SparseMeZO
 from zoexp.solvers.spsa15 import SPSA15
 from zoexp.solvers.subzero import SubZero
-from zoexp.solvers.zo_adam import ZOAdam
-from zoexp.solvers.zo_sgd_momentum import ZOSGDMomentum
 from zoexp.solvers.zeroshot import ZeroShot
+from zoexp.solvers.zo_adam import ZOAdam
+from zoexp.solvers.zo_cons import ZOCons
+from zoexp.solvers.zo_sgd_momentum import ZOSGDMomentum
+from zoexp.solvers.zo_sign import ZOSign
 
 STEPS = 4
 CPU = torch.device("cpu")
@@ -58,8 +64,9 @@ R = {"dist": "rademacher"}  # tests/tiny_models.py: why
 
 
 @pytest.mark.parametrize("cls,kw", [(MeZO, R), (SPSA15, {"n_perts": 2, **R}),
-                                    (SubZero, {"n_perts": 2, "rank": 2, "update_interval": 2})],
-                         ids=["mezo", "spsa15", "subzero"])
+                                    (SubZero, {"n_perts": 2, "rank": 2, "update_interval": 2}),
+                                    (LOZO, {"n_perts": 2, "rank": 2, "update_interval": 2})],
+                         ids=["mezo", "spsa15", "subzero", "lozo"])
 def test_offloaded_run_equals_in_memory_run(cls, kw):
     memory = train(cls, kw, Placement(CPU))
     offload = HostOffload(CPU, Ranks(), simulated=True)
@@ -146,12 +153,25 @@ def test_writes_to_host_weights_reach_the_next_forward():
 def test_refusals_before_the_model_loads():
     offload = HostOffload(CPU, Ranks(), simulated=True)
     for solver, text in ((FOSGD(steps=1), "FOSGD"), (ZOAdam(steps=1), "moments m and v are dense"),
-                         (ZOSGDMomentum(steps=1), "momentum buffer is dense")):
+                         (ZOSGDMomentum(steps=1), "momentum buffer is dense"),
+                         (HiZOO(steps=1), "Hessian estimate is dense"),
+                         (LOZOM(steps=1), "momentum is kept per tensor"),
+                         (SparseMeZO(steps=1), "masks each tensor"),
+                         (ZOSign(steps=1), "sign of the dense estimate")):
         with pytest.raises(ConfigError) as err:
             offload.check(solver)
         assert err.value.field == "hardware.offload" and text in str(err.value)
         assert "\n" not in str(err.value)
-    offload.check(ZeroShot())  # evaluation streams the blocks too
+    for solver in (ZeroShot(), ZOSign(steps=1, sign_of="projected_grad"), ZOCons(steps=1),
+                   LOZO(steps=1)):
+        offload.check(solver)  # evaluation streams the blocks; seeded updates defer
+    with pytest.raises(ConfigError) as err:
+        offload.check(SPSA15(steps=1, batched_probes=True, peft_target="peft.LoraConfig"))
+    assert err.value.field == "solver.batched_probes"
+    assert offload.cuda_graphs("auto", True) is False  # blocks move: no captured graphs
+    with pytest.raises(ConfigError) as err:
+        offload.cuda_graphs(True, True)
+    assert err.value.field == "hardware.cuda_graphs"
     with pytest.raises(ConfigError, match="hardware.device=cpu"):
         HostOffload(CPU, Ranks()).check(MeZO(steps=1))
     with pytest.raises(ConfigError, match="processes"):

@@ -222,6 +222,26 @@ def test_engine_follows_replaced_storage():
     assert torch.equal(p.detach(), torch.full((10,), 0.5))
 
 
+def test_kept_sweep_plans_follow_replaced_storage():
+    """The Triton backend keeps its launch plans (pointer tables) between sweeps; after
+    `p.data = ...` they are rebuilt: updates reach the new storage, and a perturbed read of a
+    small (cached) tensor sees it too."""
+    pytest.importorskip("triton")
+    p, q = nn.Parameter(torch.zeros(16)), nn.Parameter(torch.zeros(300))
+    engine = PerturbationEngine([p, q], backend="triton")
+    engine.update(1, 0.0, decay=0.5)
+    engine.perturb(2, 0.0)
+    engine.restore(2, 0.0)
+    p.data, q.data = torch.ones(16), torch.ones(300)
+    engine.update(1, 0.0, decay=0.5)
+    assert torch.equal(p.detach(), torch.full((16,), 0.5))
+    assert torch.equal(q.detach(), torch.full((300,), 0.5))
+    engine.perturb(2, 0.0)
+    seen = p * 1.0
+    engine.restore(2, 0.0)
+    assert torch.equal(seen, torch.full((16,), 0.5))
+
+
 def test_backend_is_torch_on_cpu():
     from kernels import reference
     engine = PerturbationEngine([torch.zeros(3)])

@@ -1,7 +1,10 @@
 """hydra/launcher=slurm|local: the request follows the hardware group into the sbatch script.
 
 No cluster needed: the launcher builds its submitit executor as in a real sweep, and the
-submission is captured instead of sent.
+submission is captured instead of sent. submitit's SLURM executor refuses to be built where
+`srun` is not on the PATH (a laptop, a CI runner without SLURM); these tests tell it srun is
+there, since what they check -- the sbatch script text -- is written without any cluster.
+The tests that need a real cluster are marked `slurm` (tests/test_resume.py, test_slurm_e2e.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def captured_executor(cfg, monkeypatch) -> submitit.AutoExecutor:
         return []
 
     monkeypatch.setattr(submitit.AutoExecutor, "map_array", fake_map_array)
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun found"
     launcher = hydra.utils.instantiate(cfg.hydra.launcher)
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
     assert launcher.launch([["solver.lr=0.001"]], initial_job_idx=0) == []

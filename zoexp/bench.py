@@ -29,11 +29,14 @@ OPT_PRESETS = {
     "opt-30b": (7168, 48, 56, 28672),
     "opt-66b": (9216, 64, 72, 36864),
 }
+OTHER_PRESETS = ("smollm2-135m",)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def model_config(name: str):
     """A transformers config for a preset name (offline) or anything `AutoConfig` can read."""
+    if name == "smollm2-135m":
+        return smollm2_config()
     if name in OPT_PRESETS:
         from transformers import OPTConfig
         hidden, layers, heads, ffn = OPT_PRESETS[name]
@@ -42,6 +45,34 @@ def model_config(name: str):
                          word_embed_proj_dim=hidden if name != "opt-350m" else 512)
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(name)
+
+
+def smollm2_config():
+    """SmolLM2-135M's architecture (the default model), offline: hidden 576, 30 layers, 9 heads
+    (3 key/value heads), MLP 1536, vocab 49152, tied embeddings."""
+    from transformers import LlamaConfig
+    return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                       max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+
+
+def word_tokenizer(words, vocab_size: int | None = None):
+    """A real (fast) Hugging Face tokenizer with one token per whitespace-separated word of
+    `words` (others -> <unk>), id 0 = <pad>, padded on the left: for models with random
+    weights on machines without the hub. Pads the vocabulary to `vocab_size` if given."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    for i in range(len(vocab), vocab_size or 0):
+        vocab[f"<extra_{i}>"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   padding_side="left")
 
 
 def random_model(config, dtype: torch.dtype, device: str) -> torch.nn.Module:
@@ -55,7 +86,8 @@ def random_model(config, dtype: torch.dtype, device: str) -> torch.nn.Module:
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
     """--model / --batch / --seq / --dtype: the workload options shared by the benchmarks."""
     parser.add_argument("--model", default="opt-13b",
-                        help=f"preset ({', '.join(OPT_PRESETS)}) or a config path / cached hub id")
+                        help=f"preset ({', '.join([*OPT_PRESETS, *OTHER_PRESETS])}) or a config "
+                        "path / cached hub id")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tasks.base import Example
 from zoexp.errors import ConfigError
+from zoexp.graphs import GraphedForward, forward_logits
 
 
 @dataclass
@@ -35,14 +36,22 @@ class Encoded:
 
 
 class CandidateScorer:
-    """Scores the candidates of Examples with a causal LM (forward passes only)."""
+    """Scores the candidates of Examples with a causal LM (forward passes only).
 
-    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, max_length: int = 512) -> None:
+    With `cuda_graphs`, its model call replays captured CUDA graphs (`zoexp.graphs`); batches
+    go to the device through pinned memory without a host sync, so a step's probes queue up
+    on the GPU and only reading their losses waits."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, max_length: int = 512,
+                 cuda_graphs: bool = False) -> None:
         self.model, self.tokenizer, self.device, self.max_length = model, tokenizer, device, max_length
+        self.graphed = GraphedForward(model, tokenizer.pad_token_id) if cuda_graphs else None
         self.forward_passes = 0    # batched forward calls, for the fwd_passes metric
         self.computed_tokens = 0   # padded tokens pushed through the model
         self.real_tokens = 0
         self._cache: dict[str, list[int]] = {}
+        self._last_padded: tuple[tuple, Encoded] | None = None
+        self._word_indices: dict[tuple, torch.Tensor] = {}
 
     # ---- tokenisation --------------------------------------------------------------------
     def _ids(self, text: str, prefix: bool) -> list[int]:
@@ -57,7 +66,11 @@ class CandidateScorer:
 
     def _pad(self, seqs: list[list[int]]) -> Encoded:
         """Left-pad, so every sequence ends at the last position: the logits needed (answer
-        position, candidate span) sit in the last few columns and the LM head runs only there."""
+        position, candidate span) sit in the last few columns and the LM head runs only there.
+        The last batch is kept: a step's probes pad the same sequences again."""
+        key = tuple(map(tuple, seqs))
+        if self._last_padded is not None and self._last_padded[0] == key:
+            return self._last_padded[1]
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -65,7 +78,16 @@ class CandidateScorer:
         for i, s in enumerate(seqs):
             ids[i, width - len(s):] = torch.tensor(s)
             mask[i, width - len(s):] = 1
-        return Encoded(ids.to(self.device), mask.to(self.device), sum(len(s) for s in seqs))
+        enc = Encoded(self.to_device(ids), self.to_device(mask), sum(len(s) for s in seqs))
+        self._last_padded = (key, enc)
+        return enc
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the scorer's device; on CUDA through pinned memory, asynchronously
+        (a plain copy would wait for every queued kernel)."""
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _truncate(self, prompt: list[int], cont: list[int]) -> list[int]:
         keep = self.max_length - len(cont)
@@ -82,10 +104,19 @@ class CandidateScorer:
         ids, mask = enc.input_ids, enc.attention_mask
         if groups > 1:
             ids, mask = ids.repeat(groups, 1), mask.repeat(groups, 1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         logits_to_keep=keep, use_cache=False)
-        return out.logits[:, -keep:].float()
+        if self.graphed is not None and groups == 1:
+            # Grouped forwards stay eager: the strategy that makes their row groups differ
+            # would have to register its state (zoexp.perturb.activated) for a replay to see it.
+            return self.graphed(ids, mask, keep)
+        return forward_logits(self.model, ids, mask, keep)
+
+    def _word_index(self, words: list[int]) -> torch.Tensor:
+        """The label words' ids as a device tensor, kept (indexing with a Python list would
+        copy it to the device, and wait for the GPU, at every call)."""
+        key = tuple(words)
+        if key not in self._word_indices:
+            self._word_indices[key] = self.to_device(torch.tensor(words))
+        return self._word_indices[key]
 
     def single_token_words(self, examples: Sequence[Example]) -> list[int] | None:
         """The shared one-token label words of the batch, or None if the fast path does not apply."""
@@ -103,7 +134,7 @@ class CandidateScorer:
         if words is not None:
             seqs = [self._truncate(self._ids(ex.prompt, True), []) for ex in examples]
             logp = self._logits(self._pad(seqs), keep=1, groups=groups)[:, -1].log_softmax(-1)
-            return logp[:, words]
+            return logp.index_select(-1, self._word_index(words))
         return self._score_pairs(examples, [list(range(len(ex.candidates))) for ex in examples],
                                  groups)
 
@@ -138,7 +169,7 @@ class CandidateScorer:
             if ex.label is None:
                 raise ValueError("the lm objective needs a gold candidate (Example.label)")
         scores = self._score_pairs(examples, [[ex.label] for ex in examples], groups)
-        labels = torch.tensor([[ex.label] for ex in examples] * groups, device=scores.device)
+        labels = self.to_device(torch.tensor([[ex.label] for ex in examples] * groups))
         return scores.gather(1, labels).squeeze(1)
 
     @torch.no_grad()
@@ -183,12 +214,19 @@ class Objective:
     def group_losses(self, examples: Sequence[Example], groups: int) -> list[float]:
         """The batch's loss for each of `groups` row groups of one forward. Whatever makes
         the groups differ (a probe strategy's per-group perturbation) is arranged by the
-        caller; `loss` is the one-group case. Each group's mean is taken on a fresh copy of
-        that group alone, so it is the same reduction, on the same shape and alignment, as
-        `loss` (layer-major probes rely on it to equal the sequential losses bit for bit)."""
+        caller; `loss` is the one-group case, so both reduce in the same order."""
+        return self.group_loss_tensor(examples, groups).tolist()
+
+    @torch.no_grad()
+    def group_loss_tensor(self, examples: Sequence[Example], groups: int) -> torch.Tensor:
+        """`group_losses` as a tensor not yet read back: a caller can queue more work (the
+        next probe) before it waits for the values. Each group's mean is taken on a fresh
+        copy of that group alone -- the same reduction, on the same shape and alignment, as
+        the one-group case -- so layer-major probes (zoexp.layer_major) give the sequential
+        losses bit for bit."""
         losses = self.example_losses(examples, groups)
         n = losses.numel() // groups
-        return torch.stack([losses[g * n:(g + 1) * n].clone().mean() for g in range(groups)]).tolist()
+        return torch.stack([losses[g * n:(g + 1) * n].clone().mean() for g in range(groups)])
 
     @torch.no_grad()
     def predict(self, examples: Sequence[Example], groups: int = 1) -> list:
@@ -209,7 +247,7 @@ class ClassificationLoss(Objective):
 
     def example_losses(self, examples, groups=1):
         scores = self.scorer.score(examples, groups)
-        labels = torch.tensor([ex.label for ex in examples] * groups, device=scores.device)
+        labels = self.scorer.to_device(torch.tensor([ex.label for ex in examples] * groups))
         return F.cross_entropy(scores, labels, reduction="none")
 
 
@@ -231,6 +269,9 @@ class NegativeMetric(Objective):
     def group_losses(self, examples, groups):
         preds, n = self.predict(examples, groups), len(examples)
         return [-self.task.score(preds[g * n:(g + 1) * n], examples)[self.name] for g in range(groups)]
+
+    def group_loss_tensor(self, examples, groups):
+        return torch.tensor(self.group_losses(examples, groups), dtype=torch.float64)
 
     def loss_tensor(self, examples):
         return torch.tensor(self.group_losses(examples, 1)[0])

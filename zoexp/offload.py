@@ -36,6 +36,7 @@ prefix / prompt tuning, several processes, and sharding (zoexp.placement).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -113,10 +114,12 @@ class _Block:
 def _register(host: torch.Tensor) -> None:
     """Page-lock a host tensor in place (cudaHostRegister): pinned without the caching host
     allocator's power-of-two rounding, which would take 2 GB for a 1.2 GB OPT-30B block."""
-    rc = torch.cuda.cudart().cudaHostRegister(host.data_ptr(), host.numel(), 0)
+    cudart = torch.cuda.cudart()
+    rc = cudart.cudaHostRegister(host.data_ptr(), host.numel(), 0)
     if int(rc) != 0:
         raise RuntimeError(f"cudaHostRegister of {host.numel() / 2**30:.1f} GiB failed ({rc}): "
                            "not enough lockable host memory?")
+    weakref.finalize(host, cudart.cudaHostUnregister, host.data_ptr())  # before the memory is freed
 
 
 class BlockStore:
@@ -179,8 +182,8 @@ class BlockStore:
         at = self.position[id(block)]
         for k in range(1, len(self.slots)):
             nxt = self.order[(at + k) % len(self.order)]
-            if nxt.slot is None and not self._upload(nxt, evict=False):
-                break
+            if nxt.slot is None:
+                self._upload(nxt, evict=False)
 
     def leave(self, unit: Unit, wrote: bool) -> None:
         block = self.by_unit.get(id(unit))
@@ -202,13 +205,17 @@ class BlockStore:
 
     # ---- transfers ------------------------------------------------------------------------
     def _upload(self, block: _Block, evict: bool = True) -> bool:
-        """Issue the block's host-to-device copy into a free slot (its own, if it holds a stale
-        copy); with `evict`, take a slot from a block that was only prefetched."""
-        slot = block.slot or next((s for s in self.slots if s.block is None), None)
-        if slot is None:
-            if not evict:
+        """Issue the block's host-to-device copy into its home slot (block i always lives in
+        slot i mod `buffers`: the same addresses every step, so the perturbation engines keep
+        their launch plans). A prefetch waits while another block holds that slot (`evict`
+        False: returns False); the block's own forward takes it from a block that was only
+        prefetched."""
+        slot = self.slots[self.position[id(block)] % len(self.slots)]
+        if slot.block is not None and slot.block is not block:
+            if not evict or _in_use(slot.block):
+                if evict:
+                    raise RuntimeError("offload: two blocks in use at once share a slot")
                 return False
-            slot = next(s for s in self.slots if s.block is not None and not _in_use(s.block))
             slot.block.slot = None
         streams = self.streams
         streams.wait(streams.copy, slot.free)
@@ -292,6 +299,7 @@ class HostOffload(Placement):
     an offloaded run with an in-memory one bit for bit."""
 
     name = "offload"
+    graphs = False
 
     def __init__(self, device: torch.device, ranks, simulated: bool = False,
                  buffers: int = BUFFERS) -> None:

@@ -43,6 +43,14 @@ So the engine offers two modes:
   (`move` and `restore_update_perturb`). Fastest, but each perturb/restore cycle can leave the
   weights off by an ulp where rounding is not invertible (binade crossings, ties).
 
+CUDA graphs. A forward captured while a virtual perturbation is active (`zoexp.graphs`)
+replays the materialising kernels without Python, so on the Triton backend the active (seed,
+scale) lives in device memory (`DeviceScalars`, written at each perturb/move) and the small
+tensors materialised together at activation go into buffers kept for the engine's lifetime:
+a replay then perturbs with whatever the engine holds now, bit for bit like the eager path.
+`capture_state()` tells the graph layer which perturbations are active and whether a captured
+graph can serve them (`None`: one keeps its values on the host, e.g. `ExactDirections`).
+
 Every fused method is bit-identical to its unfused sequence in both modes (the kernel rounds
 to the parameter dtype after each stage). `stochastic_rounding=True` rounds the update to
 bf16/fp16 stochastically (unbiased), so updates far below one ulp are not lost.
@@ -50,6 +58,7 @@ bf16/fp16 stochastically (unbiased), so updates far below one ulp are not lost.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -57,7 +66,7 @@ from typing import Sequence
 import torch
 
 from kernels.philox import RADEMACHER_GROUP
-from kernels.sweep_op import SweepOp
+from kernels.sweep_op import DeviceScalars, SweepOp
 
 DISTS = ("gaussian", "rademacher")
 BACKENDS = ("auto", "triton", "torch")
@@ -176,18 +185,53 @@ def _alias(p: torch.Tensor) -> torch.Tensor:
     return torch.Tensor._make_subclass(torch.Tensor, p.detach(), False)
 
 
-def _refresh(aliases: list[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Re-alias parameters whose storage was replaced since (`p.data = ...`, `module.to`)."""
+def _refresh(aliases: list[torch.Tensor], params: Sequence[torch.Tensor]) -> bool:
+    """Re-alias parameters whose storage was replaced since (`p.data = ...`, `module.to`);
+    whether any was."""
+    changed = False
     for i, p in enumerate(params):
         if aliases[i].data_ptr() != p.data_ptr():
             aliases[i] = _alias(p)
-    return aliases
+            changed = True
+    return changed
 
 
 def _check_active(active, seed, scale: float) -> None:
     if active != (seed, float(scale)):
         raise RuntimeError(f"restore({seed}, {scale}) does not match the active perturbation "
                            f"{active}")
+
+
+# Objects whose virtual perturbation is active now: what a parameter read resolves to.
+_ACTIVE: list = []
+_SERIALS = itertools.count()
+
+
+def activated(obj) -> None:
+    """`obj` (with a `capture_key()` method) now changes what parameter reads see. Anything
+    that alters the forward while a probe runs -- a virtual perturbation here, another probe
+    strategy's per-row-group weights -- registers so, or a captured CUDA graph would replay
+    without it (`zoexp.graphs` keys its graphs on `capture_state()`)."""
+    _ACTIVE.append(obj)
+
+
+def deactivated(obj) -> None:
+    _ACTIVE.remove(obj)
+
+
+def capture_state() -> tuple | None:
+    """What parameter reads resolve to now, as part of a captured graph's key: () when nothing
+    is active (plain weights); the active objects' capture keys when every one of them reads
+    its values from device memory, so that a graph captured in this state and replayed later
+    sees their current values; None when one cannot be captured (its values live on the host,
+    so a replay would repeat the captured perturbation)."""
+    keys = []
+    for obj in _ACTIVE:
+        key = obj.capture_key()
+        if key is None:
+            return None
+        keys.append(key)
+    return tuple(keys)
 
 
 class PerturbationEngine:
@@ -218,6 +262,14 @@ class PerturbationEngine:
         self._classes: list[type] = []
         self._active_op: SweepOp | None = None
         self._cache: dict[int, torch.Tensor] = {}
+        self._serial = next(_SERIALS)
+        # Exact mode on the Triton backend keeps the active (seed, scale) in device memory and
+        # its cache in buffers of its own, so forwards captured in CUDA graphs replay correctly.
+        triton_backend = self.kernels.__name__ == "kernels.sweep"
+        self._device = (DeviceScalars(self.params[0].device)
+                        if exact and triton_backend and self.params else None)
+        self._cache_buffers: dict[int, torch.Tensor] | None = None
+        self._plans: dict[str, object] = {}  # kernel launch plans, valid while no storage moves
         small = [i for i, p in enumerate(self.params) if p.numel() < _CACHE_MAX_NUMEL]
         budget, self._cached = _CACHE_SHARE * self.numel, []
         for i in sorted(small, key=lambda i: self.params[i].numel()):
@@ -247,8 +299,8 @@ class PerturbationEngine:
     def move(self, seed: int | PackedDirection, old_scale: float, new_scale: float) -> None:
         """`restore(seed, old_scale)` then `perturb(seed, new_scale)`, in one sweep."""
         if self.exact:
-            self._deactivate(seed, old_scale)
-            self._activate(seed, new_scale)
+            _check_active(self.active, seed, old_scale)
+            self._retarget(seed, new_scale)
         else:
             self._sweep(self._op(seed, restore_scale=old_scale, perturb_scale=new_scale))
 
@@ -341,25 +393,61 @@ class PerturbationEngine:
                            stochastic=self.stochastic_rounding, **kw)
         return SweepOp(seed1=int(seed), stochastic=self.stochastic_rounding, **kw)
 
+    def raw_tensors(self) -> list[torch.Tensor]:
+        """Plain tensors sharing the parameters' current storage (re-aliased where it was
+        replaced since, in which case the launch plans are dropped too): what kernels read
+        and write without triggering a materialisation."""
+        if _refresh(self._raw, self.params):
+            self._plans = {}
+        return self._raw
+
     def _sweep(self, op: SweepOp) -> None:
-        self.kernels.sweep(_refresh(self._raw, self.params), self.offsets, op, self.dist)
+        raws = self.raw_tensors()
+        if self._plans.get("all") is None:
+            self._plans = {"all": self.kernels.plan(raws, self.offsets)}
+        self.kernels.sweep(raws, self.offsets, op, self.dist, plan=self._plans["all"])
+
+    def capture_key(self) -> tuple | None:
+        """This engine's part of `capture_state()`: None when its active perturbation has
+        values on the host only (the torch reference backend, a packed direction)."""
+        if self._device is None or isinstance(self.active[0], PackedDirection):
+            return None
+        return ("engine", self._serial)
 
     def _activate(self, seed: int | PackedDirection, scale: float) -> None:
         if self.active is not None:
             raise RuntimeError("a perturbation is already active; restore or move it")
-        self.active = (seed, float(scale))
-        _refresh(self._raw, self.params)
-        self._active_op = SweepOp(**{**self._op(seed).__dict__, "perturb_scale": float(scale)})
-        outs = [torch.empty_like(self._raw[i]) for i in self._cached]
-        self.kernels.sweep([self._raw[i] for i in self._cached],
-                           [self.offsets[i] for i in self._cached], self._active_op, self.dist,
-                           out=outs)
-        self._cache = dict(zip(self._cached, outs))
+        self.raw_tensors()
+        self._retarget(seed, scale)
         self._classes = _swap_in(self.params, self)
+        activated(self)
+
+    def _retarget(self, seed: int | PackedDirection, scale: float) -> None:
+        """Make (seed, scale) the active perturbation: its scalars (in device memory where
+        the backend reads them there) and the cache of small perturbed tensors."""
+        self.active = (seed, float(scale))
+        op = SweepOp(**{**self._op(seed).__dict__, "perturb_scale": float(scale)})
+        if self._device is not None and not isinstance(seed, PackedDirection):
+            op = self._device.write(op)
+        self._active_op = op
+        raws, offsets = [self._raw[i] for i in self._cached], [self.offsets[i] for i in self._cached]
+        plan = None
+        if self._device is not None:  # kept buffers: the same sweep every time, planned once
+            if self._cache_buffers is None:
+                self._cache_buffers = {i: torch.empty_like(self._raw[i]) for i in self._cached}
+            outs = [self._cache_buffers[i] for i in self._cached]
+            if self._plans.get("cache") is None:
+                self._plans["cache"] = self.kernels.plan(raws, offsets, outs)
+            plan = self._plans["cache"]
+        else:
+            outs = [torch.empty_like(raw) for raw in raws]
+        self.kernels.sweep(raws, offsets, op, self.dist, out=outs, plan=plan)
+        self._cache = dict(zip(self._cached, outs))
 
     def _deactivate(self, seed: int | PackedDirection, scale: float) -> None:
         _check_active(self.active, seed, scale)
         _swap_out(self.params, self._classes)
+        deactivated(self)
         self.active, self._active_op, self._cache = None, None, {}
 
     def _materialize(self, index: int) -> torch.Tensor:
@@ -398,6 +486,39 @@ class ComposedVerbs:
             self.perturb(next_seed, next_scale)
 
 
+class InPlaceDirections(ComposedVerbs):
+    """The engine's verbs for directions computed in torch: a subclass defines
+    `direction(seed, i)` (a float32 tensor shaped like parameter i) over `self.params`, and
+    perturb / move / restore / update add `scale * direction` in place, one tensor at a time
+    (one temporary the size of the largest parameter). Wrapped in `ExactDirections` for
+    bit-exact restores; in place, float rounding can leave an ulp of drift per cycle."""
+
+    params: list
+
+    def direction(self, seed: int, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
+        for i, p in enumerate(self.params):
+            if decay:
+                p.mul_(1.0 - decay)
+            p.add_(self.direction(seed, i).to(p.dtype), alpha=scale)
+
+    def perturb(self, seed: int, scale: float) -> None:
+        self._add(seed, scale)
+
+    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
+        self._add(seed, new_scale - old_scale)
+
+    def restore(self, seed: int, scale: float) -> None:
+        self._add(seed, -scale)
+
+    def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
+        if coef != 0.0 or decay != 0.0:
+            self._add(seed, coef, decay)
+
+
 class ExactDirections(ComposedVerbs):
     """Bit-exact perturb / move / restore for any directions object with `direction(seed, i)`
     and `update(seed, coef, decay)` -- e.g. SubZero's low-rank Z = U S V^T.
@@ -423,12 +544,18 @@ class ExactDirections(ComposedVerbs):
         self.active = (seed, float(scale))
         _refresh(self._raw, self.params)
         self._classes = _swap_in(self.params, self)
+        activated(self)
 
     @torch.no_grad()
     def restore(self, seed: int, scale: float) -> None:
         _check_active(self.active, seed, scale)
         _swap_out(self.params, self._classes)
+        deactivated(self)
         self.active = None
+
+    def capture_key(self) -> None:
+        """Never capturable: the directions are computed on the host per read."""
+        return None
 
     def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
         if self.active is not None:

@@ -37,11 +37,27 @@ class Placement:
 
     def check(self, solver, peft_config=None) -> None:
         """Refuse, before the model loads, what this placement cannot run."""
+        if self.name != "device" and getattr(solver, "batched_probes", False) is True:
+            raise ConfigError("solver.batched_probes", f"got true with {self.field}={self.value}; "
+                              "allowed: auto, false (its probes run layer-major)")
         if solver.trains and self.name not in solver.placements:
             allowed = ", ".join(p for p in ("offload", "fsdp") if p in solver.placements)
             raise ConfigError(self.field, f"got {self.value!r} with solver {type(solver).__name__} "
                               f"({solver.placement_note or 'its update is not seeded directions'}); "
                               f"allowed: none" + (f" (it supports {allowed})" if allowed else ""))
+
+    graphs = True  # whether captured CUDA graphs can replay its forwards (zoexp.graphs)
+
+    def cuda_graphs(self, requested, resolved: bool) -> bool:
+        """`hardware.cuda_graphs` under this placement: a graph replays fixed addresses, so
+        blocks that move (uploaded into rotating slots, gathered by FSDP) run eagerly --
+        `auto` turns graphs off, `true` is refused."""
+        if resolved and not self.graphs:
+            if requested is True:
+                raise ConfigError("hardware.cuda_graphs", f"got true with {self.field}={self.value}; "
+                                  "allowed: auto, false (its blocks move between forwards)")
+            return False
+        return resolved
 
     def load_device(self) -> torch.device:
         """Where the model is loaded before `place` (the host, for a model that will not fit)."""

@@ -13,10 +13,16 @@ parameters and the objective exist:
   directions' verbs (perturb / move / restore), with the sweeps chained so n central
   differences cost 2 n + 1 sweeps.
 * Other strategies (one batched forward whose row groups see different perturbations,
-  layer-major probes over blocks streamed from host memory, graph-captured probes) implement
-  the same `losses` and live in their own modules beside this one; they register themselves
-  in `STRATEGIES`. A new solver gets every strategy for free, and a new strategy serves every
-  solver. The loop never learns about any of them.
+  layer-major probes over blocks streamed from host memory) implement the same `losses` and
+  live in their own modules beside this one; they register themselves in `STRATEGIES`. A new
+  solver gets every strategy for free, and a new strategy serves every solver. The loop never
+  learns about any of them.
+* CUDA graphs are not a strategy but a property of the scorer's forward (`zoexp.graphs`),
+  so every strategy's single-group forwards replay captured graphs. A strategy that changes
+  what a forward computes while it runs (per-group weights, streamed blocks) registers that
+  state with `zoexp.perturb.activated` (its `capture_key()`: a key if the state lives in
+  device memory a replay reads, None to run those forwards eagerly); grouped forwards run
+  eagerly until then.
 
 Every strategy returns the losses in the order of the probes and leaves the parameters at
 theta (bit-exactly where the directions restore exactly).
@@ -67,10 +73,18 @@ def step_to(directions, active: Probe | None, probe: Probe) -> Probe | None:
     return probe
 
 
+def queued_loss(objective, batch):
+    """The objective's loss on `batch` as a tensor still being computed where the objective
+    offers one (`group_loss_tensor`), else as a float. Reading the losses only once all probes
+    are queued keeps the GPU busy while the host prepares the next probe."""
+    pending = getattr(objective, "group_loss_tensor", None)
+    return pending(batch, 1)[0] if pending is not None else objective.loss(batch)
+
+
 class SequentialProbes:
     """One forward per probe, in order, walked with `step_to`: a list of n central pairs
     costs 2 n + 1 sweeps in place and writes the same weights bit for bit as perturb / move /
-    restore."""
+    restore. The losses are read back once all probes are queued (`queued_loss`)."""
 
     name = "sequential"
 
@@ -82,9 +96,9 @@ class SequentialProbes:
         out = []
         for probe in probes:
             active = step_to(self.directions, active, probe)
-            out.append(self.objective.loss(batch))
+            out.append(queued_loss(self.objective, batch))
         step_to(self.directions, active, Probe())
-        return out
+        return [float(loss) for loss in out]
 
 
 # name -> factory(directions, objective, **options). Strategies in other modules add themselves.

@@ -58,6 +58,9 @@ def prepare(cfg: DictConfig) -> dict:
     from zoexp.objectives import resolve_objective_name
 
     resolve_objective_name(cfg.objective, task.kind)
+    from zoexp.graphs import resolve_cuda_graphs
+
+    cuda_graphs = resolve_cuda_graphs(cfg.hardware.get("cuda_graphs", "auto"), device, solver)
     if solver.trains and solver.batch_size > task.num_train:
         raise ConfigError("solver.batch_size", f"got {solver.batch_size}, larger than task.num_train="
                           f"{task.num_train}; allowed: at most {task.num_train}")
@@ -66,13 +69,14 @@ def prepare(cfg: DictConfig) -> dict:
         log.info("process %d of %d on %s", ranks.rank + 1, ranks.world, device)
     placement = build_placement(cfg.hardware, device, ranks)  # offload / shard (zoexp.placement)
     placement.check(solver, peft_config)
+    cuda_graphs = placement.cuda_graphs(cfg.hardware.get("cuda_graphs", "auto"), cuda_graphs)
     ranks = placement.ranks
     solver.distribute(ranks)
     solver.place(placement)
     data = task.sample()
     log.info("data: %d train / %d dev / %d test examples", *(len(data[k]) for k in ("train", "dev", "test")))
     return {"device": device, "task": task, "solver": solver, "peft": peft_config, "data": data,
-            "ranks": ranks, "placement": placement}
+            "ranks": ranks, "placement": placement, "cuda_graphs": cuda_graphs}
 
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
@@ -91,7 +95,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     placement.place(bundle)
     log.info("model %s: %.1fM trainable parameters on %s (%s)", cfg.model.name,
              bundle.num_trainable() / 1e6, bundle.device, cfg.model.dtype)
-    scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length)
+    scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length,
+                             cuda_graphs=parts["cuda_graphs"])
     objective = build_objective(cfg.objective, scorer, parts["task"])
     solver, ranks = parts["solver"], parts["ranks"]
     solver.setup(bundle.params, objective, parts["data"]["train"])
@@ -106,6 +111,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
                     bundle.device, seed=cfg.hardware.seed, eval_batch_size=cfg.eval_batch_size,
                     group_by_length=cfg.group_by_length, keep_best=cfg.keep_best, ranks=ranks)
         summary = loop.run()
+        if scorer.graphed is not None:
+            log.info(scorer.graphed.summary())
     finally:
         tracker.finish()
         close(ranks)

@@ -124,6 +124,7 @@ class FSDPShard(Placement):
 
     name = "fsdp"
     field, value = "hardware.shard", "fsdp"
+    graphs = False
 
     def __init__(self, device: torch.device, ranks) -> None:
         super().__init__(device, dataclasses.replace(ranks, lockstep=True))

@@ -10,6 +10,7 @@ trajectory of a ZO run).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -18,6 +19,9 @@ from zoexp.errors import ConfigError
 from zoexp.placement import Placement
 
 LR_SCHEDULES = ("constant", "linear")
+# How a seeded ZO solver differences its probes: central (f(theta + eps z) - f(theta - eps z)) /
+# (2 eps), or one-sided (f(theta + eps z) - f(theta)) / eps with f(theta) shared by the directions.
+PERTURBATIONS = ("two_side", "one_side")
 
 
 @dataclass
@@ -31,6 +35,20 @@ def check(field_name: str, ok: bool, got, allowed: str) -> None:
     """Raise the one-line ConfigError when a hyperparameter is out of range."""
     if not ok:
         raise ConfigError(field_name, f"got {got!r}; allowed: {allowed}")
+
+
+def is_number(value) -> bool:
+    """A finite real number (a bool, nan or inf is not): the type every numeric knob needs."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_perturbation(perturbation: str, two_side_only: str | None = None) -> str:
+    """Validate `solver.perturbation`; `two_side_only` names why a solver needs f(theta - eps z)."""
+    check("solver.perturbation", perturbation in PERTURBATIONS, perturbation, str(list(PERTURBATIONS)))
+    if two_side_only is not None:
+        check("solver.perturbation", perturbation == "two_side", perturbation,
+              f"two_side ({two_side_only})")
+    return perturbation
 
 
 def engine_options(dist: str, exact: bool, stochastic_rounding: bool) -> dict:
@@ -60,6 +78,9 @@ class Solver:
     # take it when it is next uploaded, or a shard for its own rows.
     placements: tuple[str, ...] = ("device",)
     placement_note = ""  # why the others are not supported, for the refusal message
+    # Whether the forwards of a training step can be replayed from CUDA graphs (zoexp.graphs):
+    # not under backprop, nor where a perturbation is computed on the host per read.
+    graphable_steps = True
 
     def __init__(self, steps: int = 0, batch_size: int = 16, eval_every: int = 0,
                  lr: float = 0.0, lr_schedule: str = "constant", weight_decay: float = 0.0,
@@ -69,10 +90,10 @@ class Solver:
         check("solver.batch_size", isinstance(batch_size, int) and batch_size >= 1, batch_size, "an integer >= 1")
         check("solver.eval_every", isinstance(eval_every, int) and eval_every >= 0, eval_every,
               "an integer >= 0 (0: evaluate at the end only)")
-        check("solver.lr", isinstance(lr, (int, float)) and lr >= 0, lr, "a number >= 0")
+        check("solver.lr", is_number(lr) and lr >= 0, lr, "a number >= 0")
         check("solver.lr_schedule", lr_schedule in LR_SCHEDULES, lr_schedule, str(list(LR_SCHEDULES)))
-        check("solver.weight_decay", isinstance(weight_decay, (int, float)) and weight_decay >= 0,
-              weight_decay, "a number >= 0")
+        check("solver.weight_decay", is_number(weight_decay) and weight_decay >= 0, weight_decay,
+              "a number >= 0")
         self.steps, self.batch_size, self.eval_every = steps, batch_size, eval_every
         self.lr, self.lr_schedule, self.weight_decay = float(lr), lr_schedule, float(weight_decay)
         self.seed = seed
@@ -89,8 +110,9 @@ class Solver:
         unless the ranks run in lockstep (a sharded model), where each runs the whole step."""
         if ranks.world > 1 and self.trains and not ranks.lockstep:
             raise ConfigError("processes", f"got {ranks.world}; {type(self).__name__} does not split "
-                              "its steps over processes; allowed: 1 (several: solver=spsa, spsa15, "
-                              "subzero, zo_adam or zo_sgd_momentum with solver.n_perts >= processes)")
+                              "its steps over processes; allowed: 1 (several: a seeded ZO solver -- "
+                              "spsa, spsa15, subzero, zo_adam, zo_sgd_momentum, zo_sign, hizoo, lozo, "
+                              "lozo_m, sparse_mezo -- with solver.n_perts >= processes)")
         self.ranks = ranks
 
     def place(self, placement: Placement) -> None:

@@ -20,6 +20,8 @@ DIFFERENTIABLE = ["auto", *(name for name, cls in OBJECTIVES.items() if cls.diff
 class FirstOrder(Solver):
     """Base: `make_optimizer` picks the torch optimizer; the lr schedule sets its lr each step."""
 
+    graphable_steps = False  # backprop: the step's forward is not replayed from a CUDA graph
+
     def __init__(self, objective: str = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
         if objective in OBJECTIVES and not OBJECTIVES[objective].differentiable:

@@ -3,6 +3,7 @@
 Per step: one seed s; L+ = f(theta + eps z), L- = f(theta - eps z), projected gradient
 g = (L+ - L-) / (2 eps); theta <- theta - lr (g z + wd theta), z regenerated from s.
 Two forward passes, and no tensor the size of the parameters is ever allocated.
+`perturbation=one_side`: L0 = f(theta) instead of L-, g = (L+ - L0) / eps (still two forwards).
 
 The two losses come from the probe strategy (`zoexp.probes`), like every seeded solver's.
 One case keeps a path of its own because it fuses across the update: in place
@@ -14,19 +15,24 @@ anything else reads the weights (evaluation, checkpoint, the end of training).
 
 from __future__ import annotations
 
+from zoexp.batched_probes import ProbeChoice
 from zoexp.perturb import PerturbationEngine
-from zoexp.probes import ProbeStrategy, SequentialProbes, central_pairs
-from zoexp.solvers.base import Solver, StepResult, check, engine_options
+from zoexp.probes import Probe, ProbeStrategy, SequentialProbes, central_pairs, queued_loss
+from zoexp.solvers.base import Solver, StepResult, check, check_perturbation, engine_options, is_number
 
 
-class MeZO(Solver):
+class MeZO(ProbeChoice, Solver):
     placements = ("device", "offload", "fsdp")
 
     def __init__(self, eps: float = 1e-3, dist: str = "gaussian", exact: bool = True,
-                 stochastic_rounding: bool = False, **kwargs) -> None:
+                 stochastic_rounding: bool = False, perturbation: str = "two_side",
+                 batched_probes="auto", probe_chunk="auto", peft_target: str | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        check("solver.eps", isinstance(eps, (int, float)) and eps > 0, eps, "a number > 0")
+        self.init_probe_choice(batched_probes, probe_chunk, peft_target)
+        check("solver.eps", is_number(eps) and eps > 0, eps, "a number > 0")
         self.eps = float(eps)
+        self.perturbation = check_perturbation(perturbation)
         self.engine_options = engine_options(dist, exact, stochastic_rounding)
         self.exact = exact
         self.engine: PerturbationEngine | None = None
@@ -40,21 +46,27 @@ class MeZO(Solver):
 
     def make_probes(self) -> ProbeStrategy:
         """How the two probes of a step are evaluated (`zoexp.probes`)."""
-        return SequentialProbes(self.engine, self.objective)
+        return self.choose_probes(self.engine)
 
     @property
     def carries(self) -> bool:
         """Whether steps fuse the next step's perturbation into their last in-place sweep."""
-        return not self.engine.exact and isinstance(self.probes, SequentialProbes)
+        return (not self.engine.exact and isinstance(self.probes, SequentialProbes)
+                and self.perturbation == "two_side")
 
     def step(self, batch, step: int) -> StepResult:
         seed, eps = self.direction_seed(step), self.eps
+        if self.perturbation == "one_side":
+            loss_zero, loss_plus = self.probes.losses(batch, [Probe(), Probe(seed, eps)])
+            return self._finish(step, seed, (loss_plus - loss_zero) / eps, loss_zero)
         if self.carries:
             loss_plus, loss_minus = self._carried_probes(batch, seed)
         else:
             loss_plus, loss_minus = self.probes.losses(batch, central_pairs([seed], eps))
-        grad = (loss_plus - loss_minus) / (2 * eps)
-        lr = self.lr_at(step)
+        return self._finish(step, seed, (loss_plus - loss_minus) / (2 * eps), (loss_plus + loss_minus) / 2)
+
+    def _finish(self, step: int, seed: int, grad: float, loss: float) -> StepResult:
+        eps, lr = self.eps, self.lr_at(step)
         record = {"seed": seed, "coef": -lr * grad, "decay": lr * self.weight_decay}
         if not self.carries:
             self.replay(record)
@@ -64,8 +76,7 @@ class MeZO(Solver):
             self.carried = self.direction_seed(step + 1)
             self.engine.restore_update_perturb(seed, -eps, record["coef"], record["decay"],
                                                next_seed=self.carried, next_scale=eps)
-        return StepResult(loss=(loss_plus + loss_minus) / 2, metrics={"proj_grad": grad, "lr": lr},
-                          record=record)
+        return StepResult(loss=loss, metrics={"proj_grad": grad, "lr": lr}, record=record)
 
     def _carried_probes(self, batch, seed: int) -> tuple[float, float]:
         """f(theta + eps z), f(theta - eps z), starting from the carried perturbation if the
@@ -75,9 +86,10 @@ class MeZO(Solver):
             self.settle()
             engine.perturb(seed, eps)
         self.carried = None
-        loss_plus = self.objective.loss(batch)
+        loss_plus = queued_loss(self.objective, batch)
         engine.move(seed, eps, -eps)
-        return loss_plus, self.objective.loss(batch)
+        loss_minus = queued_loss(self.objective, batch)
+        return float(loss_plus), float(loss_minus)
 
     def settle(self) -> None:
         if self.carried is not None:

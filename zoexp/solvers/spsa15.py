@@ -5,6 +5,9 @@ Per step, f0 = f(theta) once, then per direction f+ = f(theta + eps z), f- = f(t
 c = |f+ - 2 f0 + f-| / eps^2 (= z^T H z for a quadratic), saturated as
 c <- max(c ** saturating_alpha, lambda_reg); g = (f+ - f-) / (2 eps c) z, averaged over the
 directions, and theta <- theta - lr * g.
+
+1.5-SPSA already evaluates f(theta); `perturbation=one_side` is refused, because the
+curvature needs the measured f(theta - eps z) (a one-sided variant would be another method).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ def curvature(loss_plus: float, loss_minus: float, loss_zero: float, eps: float)
 
 
 class SPSA15(SPSA):
+    two_side_only = "the curvature |f+ - 2 f0 + f-| / eps^2 needs the measured f(theta - eps z)"
+
     def __init__(self, saturating_alpha: float = 0.1, lambda_reg: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.saturating_alpha", isinstance(saturating_alpha, (int, float))

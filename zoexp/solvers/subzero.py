@@ -21,12 +21,12 @@ from typing import Sequence
 import torch
 
 from zoexp.errors import ConfigError
-from zoexp.perturb import ComposedVerbs, ExactDirections
+from zoexp.perturb import ExactDirections, InPlaceDirections
 from zoexp.solvers.base import StepResult, check, derive_seed
 from zoexp.solvers.zo import ZOSolver
 
 
-class LowRankDirections(ComposedVerbs):
+class LowRankDirections(InPlaceDirections):
     """Seeded SubZero directions over a list of parameters (the engine's verbs, in torch)."""
 
     exact = False  # perturb / restore add in place
@@ -58,43 +58,29 @@ class LowRankDirections(ComposedVerbs):
 
     def direction(self, seed: int, index: int, device: torch.device | None = None) -> torch.Tensor:
         """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32), on
-        `device` (default: where the parameter is)."""
-        p, gen = self.params[index], self._generator(seed, index)
+        `device` (default: where the parameter is; an offloaded block's bases stay on the host
+        and are moved for its uploaded copy)."""
+        p = self.params[index]
         device = p.device if device is None else device
         if index in self.bases:
             u, v = (b.to(device) for b in self.bases[index])
-            s = torch.randn(self.rank, self.rank, generator=gen).to(device)
-            return u @ s @ v.T
-        return torch.randn(p.shape, generator=gen).to(device)
+            return u @ self.core(seed, index).to(device) @ v.T
+        return torch.randn(p.shape, generator=self._generator(seed, index)).to(device)
+
+    def core(self, seed: int, index: int) -> torch.Tensor:
+        """S of direction `seed` for matrix `index` (r x r, float32, on the CPU). Batched probes
+        (`zoexp.batched_probes`) apply U S V^T as three thin matmuls and need S alone."""
+        return torch.randn(self.rank, self.rank, generator=self._generator(seed, index))
 
     def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "LowRankView":
         """The directions of parameters `indices`, acting on `params` (an uploaded block)."""
         return LowRankView(self, params, indices)
 
-    @torch.no_grad()
-    def _add(self, seed: int, scale: float, decay: float = 0.0) -> None:
-        for i, p in enumerate(self.params):
-            if decay:
-                p.mul_(1.0 - decay)
-            p.add_(self.direction(seed, i).to(p.dtype), alpha=scale)
 
-    def perturb(self, seed: int, scale: float) -> None:
-        self._add(seed, scale)
-
-    def move(self, seed: int, old_scale: float, new_scale: float) -> None:
-        self._add(seed, new_scale - old_scale)
-
-    def restore(self, seed: int, scale: float) -> None:
-        self._add(seed, -scale)
-
-    def update(self, seed: int, coef: float, decay: float = 0.0) -> None:
-        if coef != 0.0 or decay != 0.0:
-            self._add(seed, coef, decay)
-
-
-class LowRankView(ComposedVerbs):
-    """Some of a LowRankDirections' parameters, held by other tensors (zoexp.offload uploads
-    a block): the same Z (same generator keys, same subspace), on the tensors' device."""
+class LowRankView(InPlaceDirections):
+    """Some of a low-rank directions object's parameters, held by other tensors
+    (zoexp.offload uploads a block): the same Z (same generator keys, same subspace), computed
+    on the tensors' device."""
 
     exact = False
 
@@ -105,15 +91,12 @@ class LowRankView(ComposedVerbs):
     def direction(self, seed: int, index: int) -> torch.Tensor:
         return self.root.direction(seed, self.indices[index], self.params[index].device)
 
-    _add = LowRankDirections._add
-    perturb, move, restore, update = (LowRankDirections.perturb, LowRankDirections.move,
-                                      LowRankDirections.restore, LowRankDirections.update)
-
     def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "LowRankView":
         return LowRankView(self.root, params, [self.indices[i] for i in indices])
 
 
 class SubZero(ZOSolver):
+    directions_kind = "low_rank"  # batched probes apply with any peft (zoexp.batched_probes)
     placements = ("device", "offload")
     placement_note = "its low-rank directions are not generated element by element: no fsdp"
 
@@ -130,6 +113,11 @@ class SubZero(ZOSolver):
         check("solver.exact", isinstance(exact, bool), exact, "true or false")
         self.rank, self.update_interval, self.exact = rank, update_interval, exact
         self.low_rank: LowRankDirections | None = None
+
+    @property
+    def graphable_steps(self) -> bool:
+        """Exact mode computes each read's U S V^T on the host: not replayable from a graph."""
+        return not self.exact
 
     def make_directions(self) -> LowRankDirections | ExactDirections:
         self.low_rank = LowRankDirections(self.params, self.rank, self.seed)

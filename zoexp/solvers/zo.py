@@ -1,9 +1,20 @@
-"""What the seed-based zeroth-order solvers share: central-difference probes over seeded
+"""What the seed-based zeroth-order solvers share: finite-difference probes over seeded
 directions, the averaged n-direction update, and its replay from (seeds, coefficients).
 
 A *directions* object is anything with the PerturbationEngine verbs (`perturb`, `move`,
 `restore`, `update`, `direction`): the engine itself for Gaussian / Rademacher z, or the
-low-rank SubZero directions. A solver never stores z; it keeps seeds and scalars only.
+low-rank SubZero / LOZO directions, the masked Sparse-MeZO ones, HiZOO's Hessian-scaled ones.
+A solver never stores z; it keeps seeds and scalars only.
+
+`solver.perturbation` picks the difference. `two_side` (default): f+ = f(theta + eps z) and
+f- = f(theta - eps z), g = (f+ - f-) / (2 eps), 2 n forwards. `one_side`: f0 = f(theta) once per
+step, shared by every direction, and f+ per direction, g = (f+ - f0) / eps, 1 + n forwards.
+`probe_pairs` reports the one-sided case in the two-sided form, with 2 f0 - f+ (the
+reflection of f+ through f0) in place of the unmeasured f-: (f+ - (2 f0 - f+)) / (2 eps) is
+the one-sided g and (f+ + f-) / 2 is f0, so a solver written for central differences gets the
+one-sided estimate by inheritance. Solvers that need the real f(theta - eps z) (1.5-SPSA's and
+HiZOO's curvature) refuse `one_side` in their constructor. A step's record holds the
+coefficients, so replay is the same for both.
 """
 
 from __future__ import annotations
@@ -12,9 +23,10 @@ from typing import Protocol, Sequence
 
 import torch
 
+from zoexp.batched_probes import ProbeChoice
 from zoexp.distributed import Ranks
-from zoexp.probes import Probe, ProbeStrategy, SequentialProbes, central_pairs
-from zoexp.solvers.base import Solver, StepResult, check
+from zoexp.probes import Probe, ProbeStrategy, central_pairs
+from zoexp.solvers.base import Solver, StepResult, check, check_perturbation, is_number
 
 
 class Directions(Protocol):
@@ -27,22 +39,29 @@ class Directions(Protocol):
     def direction(self, seed: int, index: int) -> torch.Tensor: ...
 
 
-class ZOSolver(Solver):
+class ZOSolver(ProbeChoice, Solver):
     """n-SPSA over `self.directions` (built by `make_directions` once the parameters exist).
 
     Per step, for k = 1..n_perts with seed s_k: f+ = f(theta + eps z_k), f- = f(theta - eps z_k),
     g_k = (f+ - f-) / (2 eps); theta <- (1 - lr wd) theta - lr / n * sum_k g_k z_k.
-    All directions are probed at the same theta and on the same batch (2 n forwards).
+    All directions are probed at the same theta and on the same batch (2 n forwards; one-sided,
+    g_k = (f+ - f(theta)) / eps in 1 + n forwards: module doc), one after another or as row
+    groups of batched forwards (`solver.batched_probes`, `zoexp.batched_probes`).
     """
 
     placements = ("device", "offload", "fsdp")
+    # Why a subclass needs the measured f(theta - eps z) (then it refuses `one_side`), or None.
+    two_side_only: str | None = None
 
-    def __init__(self, eps: float = 1e-3, n_perts: int = 1, **kwargs) -> None:
+    def __init__(self, eps: float = 1e-3, n_perts: int = 1, perturbation: str = "two_side",
+                 batched_probes="auto", probe_chunk="auto", peft_target: str | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        check("solver.eps", isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0,
-              eps, "a number > 0")
+        self.init_probe_choice(batched_probes, probe_chunk, peft_target)
+        check("solver.eps", is_number(eps) and eps > 0, eps, "a number > 0")
         check("solver.n_perts", isinstance(n_perts, int) and not isinstance(n_perts, bool) and n_perts >= 1,
               n_perts, "an integer >= 1")
+        self.perturbation = check_perturbation(perturbation, self.two_side_only)
         self.eps, self.n_perts = float(eps), n_perts
         self.directions: Directions | None = None
         self.probes: ProbeStrategy | None = None
@@ -60,8 +79,9 @@ class ZOSolver(Solver):
         raise NotImplementedError
 
     def make_probes(self) -> ProbeStrategy:
-        """How this solver's probes are evaluated (`zoexp.probes`)."""
-        return SequentialProbes(self.directions, self.objective)
+        """How this solver's probes are evaluated (`zoexp.probes`): sequential, or as row
+        groups of batched forwards (`solver.batched_probes`, `zoexp.batched_probes`)."""
+        return self.choose_probes(self.directions)
 
     def settle(self) -> None:
         self.placement.settle()
@@ -79,29 +99,43 @@ class ZOSolver(Solver):
     def seeds(self, step: int) -> list[int]:
         return [self.direction_seed(step, k) for k in range(self.n_perts)]
 
+    @property
+    def one_sided(self) -> bool:
+        return self.perturbation == "one_side"
+
     def probe_all(self, batch, step: int) -> tuple[list[int], list[float], list[float]]:
-        """(seeds, f(theta + eps z_k), f(theta - eps z_k)) on `batch`; theta restored afterwards."""
+        """(seeds, f(theta + eps z_k), f(theta - eps z_k)) on `batch`; theta restored afterwards
+        (one-sided: 2 f(theta) - f(theta + eps z_k) in place of the second, module doc)."""
         _, seeds, plus, minus = self.probe_pairs(batch, step)
         return seeds, plus, minus
 
     def probe_pairs(self, batch, step: int, base: bool = False
                     ) -> tuple[float | None, list[int], list[float], list[float]]:
-        """(f(theta) if `base` else None, seeds, f(theta + eps z_k), f(theta - eps z_k)).
+        """(f(theta) if `base` or one-sided else None, seeds, f(theta + eps z_k), f(theta - eps z_k)).
 
         The losses come from the probe strategy (`zoexp.probes`: sequential by default, where
         direction k's restore and k+1's perturbation are one sweep). With several processes
         each probes its share of the directions (every process evaluates f(theta)) and the
-        losses are summed into one table (`zoexp.distributed`)."""
+        losses are summed into one table (`zoexp.distributed`). One-sided, f(theta) is probed
+        once and the second column is its reflection 2 f(theta) - f+ (module doc)."""
         seeds = self.seeds(step)
         mine = self.ranks.share(len(seeds))
-        probes = ([Probe()] if base else []) + central_pairs([seeds[k] for k in mine], self.eps)
+        base = base or self.one_sided
+        if self.one_sided:
+            probes = [Probe()] + [Probe(seeds[k], self.eps) for k in mine]
+        else:
+            probes = ([Probe()] if base else []) + central_pairs([seeds[k] for k in mine], self.eps)
         losses = self.probes.losses(batch, probes)
         f0 = losses.pop(0) if base else None
+        per_direction = 1 if self.one_sided else 2
         table = torch.zeros(len(seeds), 2, dtype=torch.float64)
         for i, k in enumerate(mine):
-            table[k, 0], table[k, 1] = losses[2 * i], losses[2 * i + 1]
+            table[k, :per_direction] = torch.tensor(losses[per_direction * i: per_direction * (i + 1)],
+                                                    dtype=torch.float64)
         table = self.ranks.combine(table)
-        return f0, seeds, table[:, 0].tolist(), table[:, 1].tolist()
+        plus = table[:, 0].tolist()
+        minus = [2 * f0 - p for p in plus] if self.one_sided else table[:, 1].tolist()
+        return f0, seeds, plus, minus
 
     # ---- update --------------------------------------------------------------------------------
     def apply(self, seeds: Sequence[int], coefs: Sequence[float], decay: float) -> None:
