@@ -118,35 +118,33 @@ class FixedBatchObjective:
         return float(self.loss_fn())
 
 
-class LastTokenObjective:
+def _objective_base():
+    from zoexp.objectives import Objective
+
+    return Objective
+
+
+class LastTokenObjective(_objective_base()):
     """Cross-entropy of a fixed random next token at the last position of a fixed random
     batch: the shape of the classification objective (one position, the whole vocabulary)
-    with grouped forwards (`group_losses`), so layer-major probes and offload can be timed
-    against the sequential step on the same work. Built on `Objective.group_losses`."""
+    with grouped forwards (`Objective.group_losses`), so layer-major probes and offload can be
+    timed against the sequential step on the same work."""
 
     def __init__(self, model: torch.nn.Module, batch: int, seq: int, device) -> None:
         from types import SimpleNamespace
 
+        super().__init__(SimpleNamespace(model=model, forward_passes=0), task=None)
         gen = torch.Generator(device).manual_seed(0)
         vocab = model.config.vocab_size
         self.ids = torch.randint(0, vocab, (batch, seq), device=device, generator=gen)
         self.target = torch.randint(0, vocab, (batch,), device=device, generator=gen)
-        self.scorer = SimpleNamespace(model=model, forward_passes=0)
 
-    def example_losses(self, batch, groups: int = 1) -> torch.Tensor:
+    def example_losses(self, examples, groups: int = 1) -> torch.Tensor:
         self.scorer.forward_passes += groups
         ids = self.ids.repeat(groups, 1) if groups > 1 else self.ids
         logits = self.scorer.model(input_ids=ids, logits_to_keep=1, use_cache=False).logits
         return torch.nn.functional.cross_entropy(logits[:, -1].float(), self.target.repeat(groups),
                                                  reduction="none")
-
-    def loss(self, batch) -> float:
-        return self.group_losses(batch, 1)[0]
-
-    def group_losses(self, batch, groups: int) -> list[float]:
-        from zoexp.objectives import Objective
-
-        return Objective.group_losses(self, batch, groups)
 
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
