@@ -155,6 +155,7 @@ class BlockStore:
                 write = total
         host = torch.empty(total, dtype=torch.uint8)
         if self.streams.cuda:
+            host.zero_()  # first touch on every core (torch's CPU threads), then page-lock
             _register(host)
         block = _Block(unit, host, write_bytes=write)
         with torch.no_grad():
