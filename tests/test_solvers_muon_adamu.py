@@ -266,3 +266,21 @@ def test_bad_hyperparameters_raise_one_line_config_errors(cls, kw, field):
     with pytest.raises(ConfigError) as err:
         cls(steps=10, **kw)
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+# ---- a real run replays through `python -m zoexp.replay` ------------------------------------
+@pytest.mark.slow  # three short LoRA runs of the default model
+@pytest.mark.parametrize("solver", ["zo_muon", "zo_adamu", "subzero_adamu"])
+def test_cli_run_replays_to_its_checkpoint_bit_exactly(tmp_path, sst2_dir, solver, capsys):
+    from tests.conftest import run_main
+    from zoexp import replay as R
+
+    run_dir = tmp_path / "run"
+    proc = run_main("hardware=cpu", "peft=lora", f"solver={solver}", f"task.data_dir={sst2_dir}", "solver.steps=4",
+                    "solver.batch_size=2", "solver.eval_every=0", "solver.n_perts=2" if solver == "zo_muon" else
+                    "solver.lr=1e-2", "task.num_train=4", "task.num_dev=4", "task.num_eval=4", "checkpoint_every=3",
+                    f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert R.main([str(run_dir), "--verify"]) == 0
+    assert "replay to step 3 vs checkpoint.pt: bit-identical" in capsys.readouterr().out
+    assert not all(torch.equal(a, b) for a, b in zip(R.replay(run_dir, 0).params, R.replay(run_dir, 3).params))
