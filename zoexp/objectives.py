@@ -235,7 +235,7 @@ class Objective:
         if self.task.kind == "generation":
             if groups != 1:
                 raise NotImplementedError("grouped forwards do not generate")
-            return self.scorer.generate(examples)
+            return self.scorer.generate(examples, self.task.max_new_tokens, self.task.stop)
         return self.scorer.score(examples, groups).argmax(-1).tolist()
 
 
