@@ -41,11 +41,9 @@ from __future__ import annotations
 import torch
 
 from zoexp.perturb import ExactDirections
-from zoexp.probes import Probe
 from zoexp.solvers.base import StepResult, check
 from zoexp.solvers.subzero import LowRankDirections, SubZero
 
-PERTURBATIONS = ("one_side", "two_side")
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
@@ -96,15 +94,12 @@ class ProjectedDirections(LowRankDirections):
 class ZOMuon(SubZero):
     def __init__(self, perturbation: str = "one_side", vector_lr: float = 1e-7, ns_steps: int = 5,
                  **kwargs) -> None:
-        super().__init__(**kwargs)
-        check("solver.perturbation", perturbation in PERTURBATIONS, perturbation, str(list(PERTURBATIONS)))
+        super().__init__(perturbation=perturbation, **kwargs)
         check("solver.vector_lr", isinstance(vector_lr, (int, float)) and not isinstance(vector_lr, bool)
               and 0 <= vector_lr < float("inf"), vector_lr, "a finite number >= 0")
         check("solver.ns_steps", isinstance(ns_steps, int) and not isinstance(ns_steps, bool) and ns_steps >= 1,
               ns_steps, "an integer >= 1")
-        check("solver.lr", self.lr < float("inf"), self.lr, "a finite number >= 0")
-        check("solver.eps", self.eps < float("inf"), self.eps, "a finite number > 0")
-        self.perturbation, self.vector_lr, self.ns_steps = perturbation, float(vector_lr), ns_steps
+        self.vector_lr, self.ns_steps = float(vector_lr), ns_steps
 
     def make_directions(self) -> ProjectedDirections | ExactDirections:
         self.low_rank = ProjectedDirections(self.params, self.rank, self.seed)
@@ -112,20 +107,11 @@ class ZOMuon(SubZero):
 
     # ---- probes ----------------------------------------------------------------------------
     def query(self, batch, step: int) -> tuple[list[int], list[float], float]:
-        """(seeds, projected gradients g_i, training loss) of the step's N queries."""
-        if self.perturbation == "two_side":
-            _, seeds, plus, minus = self.probe_pairs(batch, step)
-            grads = [(p - m) / (2 * self.eps) for p, m in zip(plus, minus)]
-            return seeds, grads, sum(plus + minus) / (2 * len(seeds))
-        seeds = self.seeds(step)
-        mine = self.ranks.share(len(seeds))  # with several processes, each takes its share
-        losses = self.probes.losses(batch, [Probe()] + [Probe(seeds[k], self.eps) for k in mine])
-        table = torch.zeros(len(seeds), dtype=torch.float64)
-        for i, k in enumerate(mine):
-            table[k] = losses[1 + i]
-        plus = self.ranks.combine(table).tolist()
-        f0 = losses[0]
-        return seeds, [(p - f0) / self.eps for p in plus], f0
+        """(seeds, projected gradients g_i, training loss) of the step's N queries (one-sided
+        or central differences: `ZOSolver.probe_pairs`)."""
+        f0, seeds, plus, minus = self.probe_pairs(batch, step)
+        grads = [(p - m) / (2 * self.eps) for p, m in zip(plus, minus)]
+        return seeds, grads, f0 if f0 is not None else sum(plus + minus) / (2 * len(seeds))
 
     def step(self, batch, step: int) -> StepResult:
         self.low_rank.use_subspace(self.subspace_index(step))
