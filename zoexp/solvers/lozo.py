@@ -58,6 +58,13 @@ class LazyLowRankDirections(LowRankDirections):
         p = self.params[index]
         return torch.randn(p.shape[0], self.rank, generator=self._generator(seed, index)).to(p.device)
 
+    seeded_factors = ("u",)
+
+    def factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Z = U I V^T of matrix `index` (see LowRankDirections.factors): U is the seed's."""
+        v = self.bases[index]
+        return self.left_factor(seed, index), torch.eye(self.rank, device=v.device), v
+
     def direction(self, seed: int, index: int, device: torch.device | None = None) -> torch.Tensor:
         """Z for parameter `index`: U V^T for a matrix, a Gaussian otherwise (float32), on
         `device` (default: the parameter's; see LowRankDirections.direction)."""

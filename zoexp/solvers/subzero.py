@@ -68,9 +68,19 @@ class LowRankDirections(InPlaceDirections):
         return torch.randn(p.shape, generator=self._generator(seed, index)).to(device)
 
     def core(self, seed: int, index: int) -> torch.Tensor:
-        """S of direction `seed` for matrix `index` (r x r, float32, on the CPU). Batched probes
-        (`zoexp.batched_probes`) apply U S V^T as three thin matmuls and need S alone."""
+        """S of direction `seed` for matrix `index` (r x r, float32, on the CPU)."""
         return torch.randn(self.rank, self.rank, generator=self._generator(seed, index))
+
+    # Which of the factors of `factors` depend on the direction's seed (the others are the
+    # subspace's, shared by every direction of a step).
+    seeded_factors: tuple[str, ...] = ("s",)
+
+    def factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Z of matrix `index` as (U [m x r], S [r x r'], V [n x r']) with Z = U S V^T (float32,
+        on the parameter's device): batched probes (`zoexp.batched_probes`) apply Z to their
+        inputs as three thin matmuls instead of forming it."""
+        u, v = self.bases[index]
+        return u, self.core(seed, index).to(u.device), v
 
     def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "LowRankView":
         """The directions of parameters `indices`, acting on `params` (an uploaded block)."""

@@ -86,6 +86,13 @@ class ProjectedDirections(LowRankDirections):
             return torch.randn(self.rank, p.shape[1], generator=gen).to(p.device)
         return torch.randn(p.shape, generator=gen).to(p.device)
 
+    seeded_factors = ("v",)
+
+    def factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Z = P I U of matrix `index` (see LowRankDirections.factors): V = U^T is the seed's."""
+        p = self.bases[index]
+        return p, torch.eye(self.rank, device=p.device), self.core(seed, index).T
+
     def direction(self, seed: int, index: int) -> torch.Tensor:
         z = self.core(seed, index)
         return self.bases[index] @ z if index in self.bases else z
