@@ -171,7 +171,7 @@ def test_values_are_bit_for_bit_what_the_engine_reads(dist, dtype, backend):
 
 def test_subzero_copies_are_exact_directions_values(tokenizer, task):
     """SubZero's non-matrix parameters (norm weights with peft=none) get ExactDirections'
-    rnd(theta + scale z) per probe; its matrices the factors (U, V, scale * S)."""
+    rnd(theta + scale z) per probe; its matrices the factors (U, scale * S, V)."""
     _, params, objective = setup(tokenizer, task, "none")
     s = solver(SubZero, params, objective, True, "none", rank=2)
     probes = probes_of(s)
@@ -184,7 +184,7 @@ def test_subzero_copies_are_exact_directions_values(tokenizer, task):
         for i in vectors:
             assert torch.equal(values.values[i][g], s.directions._materialize(i))
         for i in matrices[:3]:
-            u, v, core = values.factors[i]
+            u, core, v = values.factors[i]
             z = s.low_rank.direction(probe.seed, i)
             assert torch.allclose(probe.scale * z, u @ core[g] @ v.T, atol=1e-6)
         s.directions.restore(probe.seed, probe.scale)
