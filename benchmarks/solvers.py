@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: measuring failed: {error}", file=sys.stderr, flush=True)
             else:
                 per_step[name] = value
-        jobs = [(n, s) for n in names for s in args.seeds if n in per_step]
+        # seed-major: an interrupted comparison still has every solver at its first seeds
+        jobs = [(n, s) for s in args.seeds for n in names if n in per_step]
         futures = [pool.submit(run_one, n, s, per_step[n], overrides[n], args, out) for n, s in jobs]
         with (out / "runs.jsonl").open("w") as fh:
             fh.writelines(json.dumps(row) + "\n" for row in rows)  # solvers that could not be measured
