@@ -8,7 +8,7 @@ every gold answer:
     Title: {title}\\nContext: {context}\\nQuestion: {question}\\nAnswer:{ answer}\\n
 """
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from tasks.base import Example, Task
 from zoexp.errors import ConfigError
@@ -37,11 +37,20 @@ def generation_scores(predictions: Sequence, examples: Sequence[Example]) -> dic
 
 class GenerationTask(Task):
     """Free-text answers: the gold answer (plus the stop string) is the one candidate, the
-    metric is F1 / exact match of the generated string."""
+    metric is F1 / exact match of the generated string. Greedy generation runs for at most
+    `max_new_tokens` (task.max_new_tokens) and is cut at the first `stop` string ("" keeps it
+    all: the model's end-of-sequence token or the token limit ends it)."""
 
     kind = "generation"
     metric = "f1"
     label_column = None
+    stop: ClassVar[str] = STOP
+
+    def __init__(self, max_new_tokens: int = 32, **kwargs) -> None:
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ConfigError("task.max_new_tokens", f"got {max_new_tokens!r}; allowed: an integer >= 1")
+        super().__init__(**kwargs)
+        self.max_new_tokens = max_new_tokens
 
     def score(self, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
         return generation_scores(predictions, examples)

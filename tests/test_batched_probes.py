@@ -172,7 +172,7 @@ def test_values_are_bit_for_bit_what_the_engine_reads(dist, dtype, backend):
 
 def test_subzero_copies_are_exact_directions_values(tokenizer, task):
     """SubZero's non-matrix parameters (norm weights with peft=none) get ExactDirections'
-    rnd(theta + scale z) per probe; its matrices the factors (U, V, scale * S)."""
+    rnd(theta + scale z) per probe; its matrices the factors (U, scale * S, V)."""
     _, params, objective = setup(tokenizer, task, "none")
     s = solver(SubZero, params, objective, True, "none", rank=2)
     probes = probes_of(s)
@@ -185,7 +185,7 @@ def test_subzero_copies_are_exact_directions_values(tokenizer, task):
         for i in vectors:
             assert torch.equal(values.values[i][g], s.directions._materialize(i))
         for i in matrices[:3]:
-            u, v, core = values.factors[i]
+            u, core, v = values.factors[i]
             z = s.low_rank.direction(probe.seed, i)
             assert torch.allclose(probe.scale * z, u @ core[g] @ v.T, atol=1e-6)
         s.directions.restore(probe.seed, probe.scale)
@@ -408,3 +408,46 @@ def test_each_process_batches_its_share_of_the_probes(tmp_path, sst2_dir):
         assert mine["coefs"] == pytest.approx(one["coefs"], rel=1e-3, abs=1e-7)
     for a, b in zip(got[0]["params"], alone["params"]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+# Every seeded solver of the field (conf/solver): its probes batch to the sequential losses, or
+# `batched_probes=true` refuses in one line (and `auto` probes sequentially). Low-rank directions
+# of another form than SubZero's (LOZO's U V^T, ZO-Muon's P U) batch through the same
+# U S V^T factors (`LowRankDirections.factors`).
+FIELD = {"lozo": ("LOZO", True), "lozo_m": ("LOZOM", True), "zo_muon": ("ZOMuon", True),
+         "zo_sign": ("ZOSign", True), "zo_cons": ("ZOCons", True), "zo_adam": ("ZOAdam", True),
+         "hizoo": ("HiZOO", False), "sparse_mezo": ("SparseMeZO", False),
+         "zo_adamu": ("ZOAdaMU", False), "subzero_adamu": ("SubZeroAdaMU", False)}
+
+
+@pytest.mark.parametrize("peft", ["lora", "none"])
+@pytest.mark.parametrize("module", sorted(FIELD))
+def test_every_field_solver_batches_exactly_or_refuses(tokenizer, task, module, peft):
+    import importlib
+
+    name, batches = FIELD[module]
+    cls = getattr(importlib.import_module(f"zoexp.solvers.{module}"), name)
+    low_rank = module in ("lozo", "lozo_m", "zo_muon", "subzero_adamu")
+    if peft == "none" and not low_rank and batches:
+        batches = False  # dense directions over every weight: a copy per probe does not pay
+    _, params, objective = setup(tokenizer, task, peft)
+    kw = {"rank": 2} if low_rank else {}
+    if module in ("zo_cons", "zo_adamu", "subzero_adamu"):
+        kw["n_perts"] = 1
+    if not batches:
+        with pytest.raises(ConfigError, match="solver.batched_probes: got true"):
+            solver(cls, params, objective, True, peft, **kw)
+        assert isinstance(solver(cls, params, objective, "auto", peft, **kw).probes, SequentialProbes)
+        return
+    seq = solver(cls, params, objective, False, peft, **kw)
+    bat = solver(cls, params, objective, True, peft, **kw)
+    assert isinstance(bat.probes, B.BatchedProbes)
+    for s in (seq, bat):
+        if isinstance(s, SubZero):
+            s.low_rank.use_subspace(s.subspace_index(0))
+    probes = [Probe()] + central_pairs(seq.seeds(0), seq.eps)
+    batch = task.sample()["train"][:4]
+    expected, got = seq.probes.losses(batch, probes), bat.probes.losses(batch, probes)
+    assert got == pytest.approx(expected, **TOL)
+    spread = min(abs(a - b) for i, a in enumerate(expected) for b in expected[i + 1:])
+    assert max(abs(a - b) for a, b in zip(got, expected)) < spread / 100, (got, expected)

@@ -41,6 +41,9 @@ SOLVERS = {
     "lozo": lambda: _solver("lozo", "LOZO", eps=1e-2, n_perts=2, rank=1),
     "lozo_m": lambda: _solver("lozo_m", "LOZOM", eps=1e-2, n_perts=2, rank=1),
     "sparse_mezo": lambda: _solver("sparse_mezo", "SparseMeZO", eps=1e-2, n_perts=2, sparsity=0.5),
+    "zo_muon": lambda: _solver("zo_muon", "ZOMuon", eps=1e-2, n_perts=2, rank=1),
+    "zo_adamu": lambda: _solver("zo_adamu", "ZOAdaMU", eps=1e-2),
+    "subzero_adamu": lambda: _solver("subzero_adamu", "SubZeroAdaMU", eps=1e-2, rank=1),
 }
 
 

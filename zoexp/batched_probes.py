@@ -138,14 +138,16 @@ class GroupValues:
 
     groups: int
     values: dict[int, torch.Tensor] = field(default_factory=dict)
+    # matrix index -> (U, scale_g S_g, V): U [m, r] or one per group [G, m, r], S [G, r, r'],
+    # V [n, r'] or [G, n, r'] (which are per group: the directions' `seeded_factors`)
     factors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def _low_rank(directions):
-    """The low-rank directions object (`LowRankDirections`: `bases`, `core`) behind
+    """The low-rank directions object (`LowRankDirections`: `bases`, `factors`) behind
     `directions` (itself, or wrapped by `ExactDirections`), or None."""
     inner = getattr(directions, "directions", directions)
-    return inner if hasattr(inner, "core") and hasattr(inner, "bases") else None
+    return inner if hasattr(inner, "factors") and hasattr(inner, "bases") else None
 
 
 class EngineValues:
@@ -192,7 +194,8 @@ class EngineValues:
 
 
 class LowRankValues:
-    """SubZero's directions for each probe: (U, V, scale S) for the factored matrices, and
+    """Low-rank directions (SubZero's U S V^T, LOZO's U V^T, ZO-Muon's P U) for each probe:
+    the factors of Z = U S V^T for the matrices (`LowRankDirections.factors`), and
     rnd(theta + scale z) for the other parameters, as `ExactDirections` materialises them."""
 
     def __init__(self, directions, factored: list[int], copied: list[int]) -> None:
@@ -204,11 +207,19 @@ class LowRankValues:
         _refresh(self.raws, lr.params)
         raws = self.raws
         out = GroupValues(G)
+        seeded = lr.seeded_factors
         for i in self.factored:
-            u, v = lr.bases[i]
-            cores = torch.stack([torch.zeros(lr.rank, lr.rank) if p.seed is None else
-                                 lr.core(p.seed, i) * p.scale for p in probes])
-            out.factors[i] = (u, v, cores.to(u.device))
+            drawn = [lr.factors(p.seed, i) for p in probes if p.seed is not None]
+            if not drawn:  # only theta: a zero perturbation through the same path
+                drawn = [lr.factors(0, i)]
+            rows = iter(drawn)
+            per_probe = [next(rows) if p.seed is not None else None for p in probes]
+            u, s, v = drawn[0]
+            cores = torch.stack([torch.zeros_like(s) if f is None else f[1] * p.scale
+                                 for f, p in zip(per_probe, probes)])
+            stack = lambda k, shared: torch.stack([shared if f is None else f[k] for f in per_probe])
+            out.factors[i] = (stack(0, u) if "u" in seeded else u, cores.to(u.device),
+                              stack(2, v) if "v" in seeded else v)
         for i in self.copied:
             raw = raws[i]
             rows = [raw if p.seed is None else
@@ -250,9 +261,9 @@ class _GroupedLinear:
                     y = y + bias
             else:
                 y = F.linear(xs, weight, bias)
-            if factors is not None:
-                u, v, s = (t.to(x.dtype) for t in factors)
-                y = y + torch.bmm(xs @ v, s.transpose(1, 2)) @ u.T  # x Z^T = x V S^T U^T
+            if factors is not None:  # x Z^T = x V S^T U^T (U, V shared or one per group)
+                u, s, v = (t.to(x.dtype) for t in factors)
+                y = y + ((xs @ v) @ s.transpose(1, 2)) @ u.transpose(-1, -2)
             if bv is not None:
                 y = y + bv[:, None, :]
             return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -279,8 +290,13 @@ class _GroupedEmbedding:
                 flat = values.reshape(G * n_rows, -1)
                 return F.embedding(idx + shift.view(-1, *[1] * (idx.dim() - 1)), flat)
             out = F.embedding(idx, table, m.padding_idx)
-            u, v, s = (t.to(out.dtype) for t in factors)
-            low = torch.bmm(u[idx].reshape(G, -1, u.shape[1]), s) @ v.T
+            u, s, v = (t.to(out.dtype) for t in factors)
+            if u.dim() == 3:  # one U per group: row group g looks up U_g
+                group = torch.arange(G, device=idx.device).repeat_interleave(rows)
+                picked = u[group.view(-1, *[1] * (idx.dim() - 1)), idx]
+            else:
+                picked = u[idx]
+            low = (picked.reshape(G, -1, u.shape[-1]) @ s) @ v.transpose(-1, -2)
             return out + low.reshape(out.shape)
 
         return forward
@@ -292,8 +308,9 @@ def _lookup_all(state: GroupValues, index: int, table: torch.Tensor, tokens: tor
     if values is not None:
         return values[:, tokens]
     base = F.embedding(tokens, table)
-    u, v, s = (t.to(base.dtype) for t in factors)
-    low = torch.bmm(u[tokens].expand(state.groups, -1, -1), s) @ v.T
+    u, s, v = (t.to(base.dtype) for t in factors)
+    picked = u[:, tokens] if u.dim() == 3 else u[tokens].expand(state.groups, -1, -1)
+    low = (picked @ s) @ v.transpose(-1, -2)
     return base.unsqueeze(0) + low
 
 

@@ -27,6 +27,7 @@ OPT_PRESETS = {
     "opt-6.7b": (4096, 32, 32, 16384),
     "opt-13b": (5120, 40, 40, 20480),
     "opt-30b": (7168, 48, 56, 28672),
+    "opt-66b": (9216, 64, 72, 36864),
 }
 OTHER_PRESETS = ("smollm2-135m",)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -115,6 +116,35 @@ class FixedBatchObjective:
 
     def loss(self, batch) -> float:
         return float(self.loss_fn())
+
+
+def _objective_base():
+    from zoexp.objectives import Objective
+
+    return Objective
+
+
+class LastTokenObjective(_objective_base()):
+    """Cross-entropy of a fixed random next token at the last position of a fixed random
+    batch: the shape of the classification objective (one position, the whole vocabulary)
+    with grouped forwards (`Objective.group_losses`), so layer-major probes and offload can be
+    timed against the sequential step on the same work."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, seq: int, device) -> None:
+        from types import SimpleNamespace
+
+        super().__init__(SimpleNamespace(model=model, forward_passes=0), task=None)
+        gen = torch.Generator(device).manual_seed(0)
+        vocab = model.config.vocab_size
+        self.ids = torch.randint(0, vocab, (batch, seq), device=device, generator=gen)
+        self.target = torch.randint(0, vocab, (batch,), device=device, generator=gen)
+
+    def example_losses(self, examples, groups: int = 1) -> torch.Tensor:
+        self.scorer.forward_passes += groups
+        ids = self.ids.repeat(groups, 1) if groups > 1 else self.ids
+        logits = self.scorer.model(input_ids=ids, logits_to_keep=1, use_cache=False).logits
+        return torch.nn.functional.cross_entropy(logits[:, -1].float(), self.target.repeat(groups),
+                                                 reduction="none")
 
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:

@@ -94,6 +94,7 @@ class Checkpointer:
     def save(self, state: dict, step: int) -> None:
         """Temp file, fsync, rename: the previous checkpoint stays intact until this one is whole."""
         if not self.write:
+            self.saved_step = step  # every rank agrees on when the last checkpoint was taken
             return
         jsonl.sync(self.trajectory_path)
         try:

@@ -33,6 +33,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     device: str = "cpu"  # where the all-reduce buffers live (cuda for NCCL)
+    lockstep: bool = False  # every forward is collective (FSDP): all ranks run all of them
 
     @property
     def main(self) -> bool:
@@ -41,6 +42,11 @@ class Ranks:
     def share(self, n: int) -> list[int]:
         """Which of n work items (a step's directions, eval batches) this rank takes."""
         return list(range(self.rank, n, self.world))
+
+    def share_batches(self, n: int) -> list[int]:
+        """Which of n evaluation batches this rank predicts: its share, or all of them when
+        every forward is collective (`lockstep`, FSDP: all ranks must take part in each)."""
+        return list(range(n)) if self.lockstep else self.share(n)
 
     def combine(self, table: torch.Tensor) -> torch.Tensor:
         """Sum a float64 table over the ranks (each entry filled in by one rank only)."""

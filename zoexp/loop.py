@@ -33,6 +33,7 @@ from zoexp.jsonl import CorruptFile
 from zoexp.objectives import Objective
 from zoexp.progress import Progress
 from zoexp.signals import NEVER, GracefulStop
+from zoexp.sharding import host_copy, load_into
 from zoexp.solvers.base import Solver
 from zoexp.tracking import Tracker
 
@@ -96,18 +97,18 @@ class Loop:
         batches = [order[start : start + self.eval_batch_size]
                    for start in range(0, len(examples), self.eval_batch_size)]
         preds: list = [None] * len(examples)
-        for k in self.ranks.share(len(batches)):  # every batch, or this process's share of them
+        for k in self.ranks.share_batches(len(batches)):  # every batch, or this process's share
             for i, pred in zip(batches[k], self.objective.predict([examples[i] for i in batches[k]])):
                 preds[i] = pred
         return self.task.score(self.ranks.merge(preds), examples)
 
     def _snapshot(self) -> list[torch.Tensor]:
-        return [p.detach().to("cpu", copy=True) for p in self.solver.params]
+        return [host_copy(p) for p in self.solver.params]  # a sharded one is gathered
 
     @torch.no_grad()
     def _load_params(self, tensors: Sequence[torch.Tensor]) -> None:
         for p, saved in zip(self.solver.params, tensors):
-            p.copy_(saved)
+            load_into(p, saved)
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _save(self) -> None:

@@ -220,8 +220,13 @@ class Objective:
     @torch.no_grad()
     def group_loss_tensor(self, examples: Sequence[Example], groups: int) -> torch.Tensor:
         """`group_losses` as a tensor not yet read back: a caller can queue more work (the
-        next probe) before it waits for the values."""
-        return self.example_losses(examples, groups).view(groups, -1).mean(1)
+        next probe) before it waits for the values. Each group's mean is taken on a fresh
+        copy of that group alone -- the same reduction, on the same shape and alignment, as
+        the one-group case -- so layer-major probes (zoexp.layer_major) give the sequential
+        losses bit for bit."""
+        losses = self.example_losses(examples, groups)
+        n = losses.numel() // groups
+        return torch.stack([losses[g * n:(g + 1) * n].clone().mean() for g in range(groups)])
 
     @torch.no_grad()
     def predict(self, examples: Sequence[Example], groups: int = 1) -> list:
@@ -230,7 +235,7 @@ class Objective:
         if self.task.kind == "generation":
             if groups != 1:
                 raise NotImplementedError("grouped forwards do not generate")
-            return self.scorer.generate(examples)
+            return self.scorer.generate(examples, self.task.max_new_tokens, self.task.stop)
         return self.scorer.score(examples, groups).argmax(-1).tolist()
 
 

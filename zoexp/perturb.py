@@ -248,6 +248,7 @@ class PerturbationEngine:
         if any(not p.is_contiguous() for p in self.params):
             raise ValueError("PerturbationEngine needs contiguous parameter tensors")
         self.dist, self.exact, self.stochastic_rounding = dist, exact, stochastic_rounding
+        self.backend = backend
         if offsets is None:
             offsets, total = [], 0
             for p in self.params:
@@ -337,6 +338,34 @@ class PerturbationEngine:
             op = SweepOp(**{**op.__dict__, "perturb_scale": next_scale, "seed2": nxt.seed1,
                             "packed2": nxt.packed1})
         self._sweep(op)
+
+    @torch.no_grad()
+    def update_perturb(self, seed: int | PackedDirection, coef: float, decay: float = 0.0,
+                       next_seed: int | PackedDirection | None = None,
+                       next_scale: float = 0.0) -> None:
+        """`update(seed, coef, decay)` then `perturb(next_seed, next_scale)`, in one sweep (a
+        deferred update fused with the first perturbation of the next step: zoexp.offload)."""
+        if self.exact or next_seed is None or (coef == 0.0 and decay == 0.0):
+            self.update(seed, coef, decay)
+            if next_seed is not None:
+                self.perturb(next_seed, next_scale)
+            return
+        nxt = self._op(next_seed)
+        self._sweep(SweepOp(**{**self._op(seed, coef=coef, decay=decay).__dict__,
+                               "perturb_scale": next_scale, "seed2": nxt.seed1,
+                               "packed2": nxt.packed1}))
+
+    def on(self, params: Sequence[torch.Tensor], offsets: Sequence[int]) -> "PerturbationEngine":
+        """An engine with these options over other tensors that hold parameters of this flat
+        space at `offsets`: a subset, its copies uploaded to a GPU, or the local shards of a
+        sharded model -- z stays the function of the global index (invariant 2)."""
+        return PerturbationEngine(params, self.dist, self.exact, self.backend,
+                                  self.stochastic_rounding, offsets)
+
+    def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "PerturbationEngine":
+        """The same directions restricted to parameters `indices`, acting on `params` (those
+        parameters themselves, or tensors holding their values elsewhere)."""
+        return self.on(params, [self.offsets[i] for i in indices])
 
     def pack(self, seed: int) -> PackedDirection:
         """Store the Rademacher direction of `seed` at 1 bit per parameter, for solvers that
@@ -432,8 +461,9 @@ class PerturbationEngine:
 
 
 class ComposedVerbs:
-    """The fused verbs of the engine (`move`, `restore_and_update`, `restore_update_perturb`)
-    as their unfused sequences, for directions objects that have no fused sweep to offer."""
+    """The fused verbs of the engine (`move`, `restore_and_update`, `restore_update_perturb`,
+    `update_perturb`) as their unfused sequences, for directions objects that have no fused
+    sweep to offer."""
 
     def move(self, seed: int, old_scale: float, new_scale: float) -> None:
         self.restore(seed, old_scale)
@@ -446,6 +476,12 @@ class ComposedVerbs:
     def restore_update_perturb(self, seed: int, scale: float, coef: float, decay: float = 0.0,
                                next_seed: int | None = None, next_scale: float = 0.0) -> None:
         self.restore_and_update(seed, scale, coef, decay)
+        if next_seed is not None:
+            self.perturb(next_seed, next_scale)
+
+    def update_perturb(self, seed: int, coef: float, decay: float = 0.0,
+                       next_seed: int | None = None, next_scale: float = 0.0) -> None:
+        self.update(seed, coef, decay)
         if next_seed is not None:
             self.perturb(next_seed, next_scale)
 
@@ -493,6 +529,8 @@ class ExactDirections(ComposedVerbs):
     A reference in torch: it allocates the direction and the perturbed copy of one tensor.
     """
 
+    exact = True
+
     def __init__(self, params: Sequence[torch.Tensor], directions) -> None:
         self.params, self.directions = list(params), directions
         self._raw = [_alias(p) for p in self.params]
@@ -526,6 +564,10 @@ class ExactDirections(ComposedVerbs):
 
     def direction(self, seed: int, index: int) -> torch.Tensor:
         return self.directions.direction(seed, index)
+
+    def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "ExactDirections":
+        """Restricted to parameters `indices`, acting on `params` (see PerturbationEngine.subset)."""
+        return ExactDirections(params, self.directions.subset(params, indices))
 
     def _materialize(self, index: int) -> torch.Tensor:
         seed, scale = self.active

@@ -53,6 +53,26 @@ class ProbeStrategy(Protocol):
         ...
 
 
+def step_to(directions, active: Probe | None, probe: Probe) -> Probe | None:
+    """Move the parameters from the perturbation `active` holds (None: theta) to `probe`;
+    returns the perturbation they hold after. Consecutive probes of one seed are a single
+    `move`; a new seed's perturbation is fused into the previous one's restore
+    (`restore_update_perturb` with a zero update). Every strategy walks its probes with this,
+    so the weights see the same sweeps, in the same order, whatever the strategy."""
+    if probe.seed is None:
+        if active is not None:
+            directions.restore(active.seed, active.scale)
+        return None
+    if active is None:
+        directions.perturb(probe.seed, probe.scale)
+    elif active.seed == probe.seed:
+        directions.move(probe.seed, active.scale, probe.scale)
+    else:
+        directions.restore_update_perturb(active.seed, active.scale, 0.0, next_seed=probe.seed,
+                                          next_scale=probe.scale)
+    return probe
+
+
 def queued_loss(objective, batch):
     """The objective's loss on `batch` as a tensor still being computed where the objective
     offers one (`group_loss_tensor`), else as a float. Reading the losses only once all probes
@@ -62,11 +82,9 @@ def queued_loss(objective, batch):
 
 
 class SequentialProbes:
-    """One forward per probe, in order. Consecutive probes of one seed are a single `move`;
-    a new seed's perturbation is fused into the previous one's restore
-    (`restore_update_perturb` with a zero update), so a list of n central pairs costs 2 n + 1
-    sweeps in place and writes the same weights bit for bit as perturb / move / restore.
-    The losses are read back once all probes are queued (`queued_loss`)."""
+    """One forward per probe, in order, walked with `step_to`: a list of n central pairs
+    costs 2 n + 1 sweeps in place and writes the same weights bit for bit as perturb / move /
+    restore. The losses are read back once all probes are queued (`queued_loss`)."""
 
     name = "sequential"
 
@@ -74,23 +92,12 @@ class SequentialProbes:
         self.directions, self.objective = directions, objective
 
     def losses(self, batch, probes: Sequence[Probe]) -> list[float]:
-        d, out = self.directions, []
         active: Probe | None = None  # the perturbation the parameters hold now
+        out = []
         for probe in probes:
-            if probe.seed is None:
-                if active is not None:
-                    d.restore(active.seed, active.scale)
-            elif active is None:
-                d.perturb(probe.seed, probe.scale)
-            elif active.seed == probe.seed:
-                d.move(probe.seed, active.scale, probe.scale)
-            else:
-                d.restore_update_perturb(active.seed, active.scale, 0.0, next_seed=probe.seed,
-                                         next_scale=probe.scale)
-            active = probe if probe.seed is not None else None
+            active = step_to(self.directions, active, probe)
             out.append(queued_loss(self.objective, batch))
-        if active is not None:
-            d.restore(active.seed, active.scale)
+        step_to(self.directions, active, Probe())
         return [float(loss) for loss in out]
 
 

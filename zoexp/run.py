@@ -84,6 +84,7 @@ def prepare(cfg: DictConfig) -> dict:
     from zoexp.distributed import init_ranks
     from zoexp.model import check_model_source, resolve_device, resolve_dtype
     from zoexp.typecheck import check_node
+    from zoexp.placement import build_placement
 
     check_run_config(cfg)
     device = resolve_device(cfg.hardware.device)
@@ -106,11 +107,16 @@ def prepare(cfg: DictConfig) -> dict:
     ranks, device = init_ranks(device)
     if ranks.world > 1:
         log.info("process %d of %d on %s", ranks.rank + 1, ranks.world, device)
+    placement = build_placement(cfg.hardware, device, ranks)  # offload / shard (zoexp.placement)
+    placement.check(solver, peft_config)
+    cuda_graphs = placement.cuda_graphs(cfg.hardware.get("cuda_graphs", "auto"), cuda_graphs)
+    ranks = placement.ranks
     solver.distribute(ranks)
+    solver.place(placement)
     data = task.sample()
     log.info("data: %d train / %d dev / %d test examples", *(len(data[k]) for k in ("train", "dev", "test")))
     return {"device": device, "task": task, "solver": solver, "peft": peft_config, "data": data,
-            "ranks": ranks, "cuda_graphs": cuda_graphs}
+            "ranks": ranks, "placement": placement, "cuda_graphs": cuda_graphs}
 
 
 def execute(cfg: DictConfig, run_dir: Path, stop: GracefulStop = NEVER) -> dict:
@@ -126,8 +132,10 @@ def execute(cfg: DictConfig, run_dir: Path, stop: GracefulStop = NEVER) -> dict:
                  os.environ["SLURM_RESTART_COUNT"], run_dir)
     parts = prepare(cfg)
     torch.manual_seed(cfg.hardware.seed)
-    bundle = load_model(cfg.model.name, cfg.model.dtype, parts["device"], parts["peft"],
+    placement = parts["placement"]
+    bundle = load_model(cfg.model.name, cfg.model.dtype, placement.load_device(), parts["peft"],
                         revision=cfg.model.get("revision"))
+    placement.place(bundle)
     log.info("model %s: %.1fM trainable parameters on %s (%s)", cfg.model.name,
              bundle.num_trainable() / 1e6, bundle.device, cfg.model.dtype)
     scorer = CandidateScorer(bundle.model, bundle.tokenizer, bundle.device, max_length=cfg.model.max_length,

@@ -22,6 +22,7 @@ from typing import Sequence
 
 from zoexp.distributed import Ranks
 from zoexp.errors import ConfigError, Diverged
+from zoexp.placement import Placement
 
 LR_SCHEDULES = ("constant", "linear")
 SEED_BITS = (31, 64)  # 64: the whole Philox key; 31: trajectories of format version 1
@@ -88,6 +89,12 @@ class Solver:
 
     trains = True
     seed_bits = 64  # direction seeds: 64 bits, or 31 to continue / replay a format-1 trajectory
+    # Where this solver can train (zoexp.placement): "device" (the model in GPU memory),
+    # "offload" (blocks streamed from host memory), "fsdp" (sharded). The last two need an
+    # update made only of seeded directions (`directions.update(seed, coef)`), so a block can
+    # take it when it is next uploaded, or a shard for its own rows.
+    placements: tuple[str, ...] = ("device",)
+    placement_note = ""  # why the others are not supported, for the refusal message
     # Whether the forwards of a training step can be replayed from CUDA graphs (zoexp.graphs):
     # not under backprop, nor where a perturbation is computed on the host per read.
     graphable_steps = True
@@ -111,18 +118,25 @@ class Solver:
         self.params: list = []
         self.objective = None
         self.ranks = Ranks()
+        self.placement = Placement(None)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def distribute(self, ranks: Ranks) -> None:
         """Join a run of `ranks.world` processes (`zoexp.distributed`), before the model loads.
         Evaluation-only solvers just evaluate on every rank; a training solver must say how
-        it splits a step (the seeded ZO solvers deal out their directions), else it refuses."""
-        if ranks.world > 1 and self.trains:
+        it splits a step (the seeded ZO solvers deal out their directions), else it refuses --
+        unless the ranks run in lockstep (a sharded model), where each runs the whole step."""
+        if ranks.world > 1 and self.trains and not ranks.lockstep:
             raise ConfigError("processes", f"got {ranks.world}; {type(self).__name__} does not split "
                               "its steps over processes; allowed: 1 (several: a seeded ZO solver -- "
                               "spsa, spsa15, subzero, zo_adam, zo_sgd_momentum, zo_sign, hizoo, lozo, "
                               "lozo_m, sparse_mezo -- with solver.n_perts >= processes)")
         self.ranks = ranks
+
+    def place(self, placement: Placement) -> None:
+        """Where the weights will live (zoexp.placement), before the model loads; the
+        placement has checked that this solver can train there (`placements`)."""
+        self.placement = placement
 
     def setup(self, params: Sequence, objective, train_examples: Sequence = ()) -> None:
         """Receive the trainable parameters, the objective and the training examples

@@ -57,6 +57,8 @@ class HessianScaledDirections(InPlaceDirections):
 
 
 class HiZOO(ZOSolver):
+    placements = ("device",)
+    placement_note = "its diagonal Hessian estimate is dense, 4 bytes per parameter"
     two_side_only = "the Hessian estimate needs |f+ + f- - 2 f0| with the measured f-"
 
     def __init__(self, hessian_smooth: float = 1e-8, dist: str = "gaussian", exact: bool = True,

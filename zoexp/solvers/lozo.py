@@ -58,12 +58,21 @@ class LazyLowRankDirections(LowRankDirections):
         p = self.params[index]
         return torch.randn(p.shape[0], self.rank, generator=self._generator(seed, index)).to(p.device)
 
-    def direction(self, seed: int, index: int) -> torch.Tensor:
-        """Z for parameter `index`: U V^T for a matrix, a Gaussian otherwise (float32)."""
-        if index in self.bases:
-            return self.left_factor(seed, index) @ self.bases[index].T
+    seeded_factors = ("u",)
+
+    def factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Z = U I V^T of matrix `index` (see LowRankDirections.factors): U is the seed's."""
+        v = self.bases[index]
+        return self.left_factor(seed, index), torch.eye(self.rank, device=v.device), v
+
+    def direction(self, seed: int, index: int, device: torch.device | None = None) -> torch.Tensor:
+        """Z for parameter `index`: U V^T for a matrix, a Gaussian otherwise (float32), on
+        `device` (default: the parameter's; see LowRankDirections.direction)."""
         p = self.params[index]
-        return torch.randn(p.shape, generator=self._generator(seed, index)).to(p.device)
+        device = p.device if device is None else device
+        if index in self.bases:
+            return self.left_factor(seed, index).to(device) @ self.bases[index].to(device).T
+        return torch.randn(p.shape, generator=self._generator(seed, index)).to(device)
 
 
 class LOZO(SubZero):

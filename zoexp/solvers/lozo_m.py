@@ -31,6 +31,9 @@ from zoexp.solvers.lozo import LOZO
 
 
 class LOZOM(LOZO):
+    placements = ("device",)  # the update writes the weights from its momentum factors directly
+    placement_note = "its momentum is kept per tensor and applied to the weights directly"
+
     def __init__(self, momentum: float = 0.9, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.momentum", is_number(momentum) and 0 <= momentum < 1, momentum, "a number in [0, 1)")

@@ -23,6 +23,8 @@ from zoexp.solvers.base import Solver, StepResult, check, check_perturbation, en
 
 
 class MeZO(ProbeChoice, Solver):
+    placements = ("device", "offload", "fsdp")
+
     def __init__(self, eps: float = 1e-3, dist: str = "gaussian", exact: bool = True,
                  stochastic_rounding: bool = False, perturbation: str = "two_side",
                  batched_probes="auto", probe_chunk="auto", peft_target: str | None = None,
@@ -33,14 +35,15 @@ class MeZO(ProbeChoice, Solver):
         self.eps = float(eps)
         self.perturbation = check_perturbation(perturbation)
         self.engine_options = engine_options(dist, exact, stochastic_rounding)
+        self.exact = exact
         self.engine: PerturbationEngine | None = None
         self.probes: ProbeStrategy | None = None
         self.carried: int | None = None  # seed whose +eps perturbation the weights hold now
 
     def setup(self, params, objective, train_examples=()) -> None:
         super().setup(params, objective, train_examples)
-        self.engine = PerturbationEngine(self.params, **self.engine_options)
-        self.probes = self.make_probes()
+        self.engine = self.placement.directions(PerturbationEngine(self.params, **self.engine_options))
+        self.probes = self.placement.probes(self.engine, self.objective) or self.make_probes()
 
     def make_probes(self) -> ProbeStrategy:
         """How the two probes of a step are evaluated (`zoexp.probes`)."""
@@ -99,6 +102,7 @@ class MeZO(ProbeChoice, Solver):
         if self.carried is not None:
             self.engine.restore(self.carried, self.eps)
             self.carried = None
+        self.placement.settle()
 
     def replay(self, record: dict) -> None:
         self.engine.update(record["seed"], record["coef"], record["decay"])

@@ -88,6 +88,9 @@ class MaskedDirections(InPlaceDirections):
 
 
 class SparseMeZO(ZOSolver):
+    placements = ("device",)
+    placement_note = "its update masks each tensor by the stored weights, read whole"
+
     def __init__(self, sparsity: float = 0.75, threshold: str = "initial", dist: str = "gaussian",
                  exact: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -29,6 +29,8 @@ from zoexp.solvers.zo import ZOSolver
 class LowRankDirections(InPlaceDirections):
     """Seeded SubZero directions over a list of parameters (the engine's verbs, in torch)."""
 
+    exact = False  # perturb / restore add in place
+
     def __init__(self, params: Sequence[torch.Tensor], rank: int, seed: int) -> None:
         self.params, self.rank, self.seed = list(params), rank, seed
         for i, p in enumerate(self.params):
@@ -56,22 +58,59 @@ class LowRankDirections(InPlaceDirections):
                 self.bases[i] = (u.to(p.device), v.to(p.device))
         self.subspace = index
 
-    def direction(self, seed: int, index: int) -> torch.Tensor:
-        """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32)."""
+    def direction(self, seed: int, index: int, device: torch.device | None = None) -> torch.Tensor:
+        """Z for parameter `index`: U S V^T for a matrix, a Gaussian otherwise (float32), on
+        `device` (default: where the parameter is; an offloaded block's bases stay on the host
+        and are moved for its uploaded copy)."""
         p = self.params[index]
+        device = p.device if device is None else device
         if index in self.bases:
-            u, v = self.bases[index]
-            return u @ self.core(seed, index).to(p.device) @ v.T
-        return torch.randn(p.shape, generator=self._generator(seed, index)).to(p.device)
+            u, v = (b.to(device) for b in self.bases[index])
+            return u @ self.core(seed, index).to(device) @ v.T
+        return torch.randn(p.shape, generator=self._generator(seed, index)).to(device)
 
     def core(self, seed: int, index: int) -> torch.Tensor:
-        """S of direction `seed` for matrix `index` (r x r, float32, on the CPU). Batched probes
-        (`zoexp.batched_probes`) apply U S V^T as three thin matmuls and need S alone."""
+        """S of direction `seed` for matrix `index` (r x r, float32, on the CPU)."""
         return torch.randn(self.rank, self.rank, generator=self._generator(seed, index))
+
+    # Which of the factors of `factors` depend on the direction's seed (the others are the
+    # subspace's, shared by every direction of a step).
+    seeded_factors: tuple[str, ...] = ("s",)
+
+    def factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Z of matrix `index` as (U [m x r], S [r x r'], V [n x r']) with Z = U S V^T (float32,
+        on the parameter's device): batched probes (`zoexp.batched_probes`) apply Z to their
+        inputs as three thin matmuls instead of forming it."""
+        u, v = self.bases[index]
+        return u, self.core(seed, index).to(u.device), v
+
+    def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "LowRankView":
+        """The directions of parameters `indices`, acting on `params` (an uploaded block)."""
+        return LowRankView(self, params, indices)
+
+
+class LowRankView(InPlaceDirections):
+    """Some of a low-rank directions object's parameters, held by other tensors
+    (zoexp.offload uploads a block): the same Z (same generator keys, same subspace), computed
+    on the tensors' device."""
+
+    exact = False
+
+    def __init__(self, root: LowRankDirections, params: Sequence[torch.Tensor],
+                 indices: Sequence[int]) -> None:
+        self.root, self.params, self.indices = root, list(params), list(indices)
+
+    def direction(self, seed: int, index: int) -> torch.Tensor:
+        return self.root.direction(seed, self.indices[index], self.params[index].device)
+
+    def subset(self, params: Sequence[torch.Tensor], indices: Sequence[int]) -> "LowRankView":
+        return LowRankView(self.root, params, [self.indices[i] for i in indices])
 
 
 class SubZero(ZOSolver):
     directions_kind = "low_rank"  # batched probes apply with any peft (zoexp.batched_probes)
+    placements = ("device", "offload")
+    placement_note = "its low-rank directions are not generated element by element: no fsdp"
 
     def __init__(self, rank: int = 8, update_interval: int = 1000, lora_rank: int | None = None,
                  exact: bool = True, **kwargs) -> None:
@@ -106,7 +145,10 @@ class SubZero(ZOSolver):
         return step // self.update_interval
 
     def step(self, batch, step: int) -> StepResult:
-        self.low_rank.use_subspace(self.subspace_index(step))
+        index = self.subspace_index(step)
+        if self.low_rank.subspace not in (None, index):
+            self.settle()  # deferred updates (offload) still need the old subspace's Z
+        self.low_rank.use_subspace(index)
         return super().step(batch, step)
 
     def make_record(self, step: int, seeds: list[int], grads: list[float]) -> dict:

@@ -49,6 +49,7 @@ class ZOSolver(ProbeChoice, Solver):
     groups of batched forwards (`solver.batched_probes`, `zoexp.batched_probes`).
     """
 
+    placements = ("device", "offload", "fsdp")
     # Why a subclass needs the measured f(theta - eps z) (then it refuses `one_side`), or None.
     two_side_only: str | None = None
 
@@ -67,9 +68,12 @@ class ZOSolver(ProbeChoice, Solver):
         self.exact = True  # perturbations restore bit-exactly (subclasses set it from their YAML)
 
     def setup(self, params, objective, train_examples=()) -> None:
+        """The directions and the probe strategy; a placement that streams or shards the
+        model wraps the first (deferred / shard-local updates) and decides the second
+        (layer-major probes), so a subclass gets offload and sharding without a line."""
         super().setup(params, objective, train_examples)
-        self.directions = self.make_directions()
-        self.probes = self.make_probes()
+        self.directions = self.placement.directions(self.make_directions())
+        self.probes = self.placement.probes(self.directions, self.objective) or self.make_probes()
 
     def make_directions(self) -> Directions:
         raise NotImplementedError
@@ -78,6 +82,9 @@ class ZOSolver(ProbeChoice, Solver):
         """How this solver's probes are evaluated (`zoexp.probes`): sequential, or as row
         groups of batched forwards (`solver.batched_probes`, `zoexp.batched_probes`)."""
         return self.choose_probes(self.directions)
+
+    def settle(self) -> None:
+        self.placement.settle()
 
     def distribute(self, ranks: Ranks) -> None:
         """Deal the n directions of each step to the ranks (`zoexp.distributed`)."""

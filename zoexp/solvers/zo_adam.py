@@ -16,6 +16,9 @@ from zoexp.solvers.zo import dense_estimate
 
 
 class ZOAdam(SPSA):
+    placements = ("device",)  # the update reads and writes a dense state of the model's size
+    placement_note = "its moments m and v are dense, 8 bytes per parameter: it does not stream or shard"
+
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, adam_eps: float = 1e-8,
                  **kwargs) -> None:
         super().__init__(**kwargs)

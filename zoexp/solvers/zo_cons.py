@@ -41,6 +41,9 @@ def conservative_move(loss_zero: float, loss_down: float, loss_up: float) -> int
 
 
 class ZOCons(SPSA):
+    placements = ("device", "offload")  # one process: no fsdp
+    placement_note = "it runs in one process"
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.n_perts", self.n_perts == 1, self.n_perts,

@@ -15,6 +15,9 @@ from zoexp.solvers.zo import dense_estimate
 
 
 class ZOSGDMomentum(SPSA):
+    placements = ("device",)  # the update reads and writes a dense state of the model's size
+    placement_note = "its momentum buffer is dense, 4 bytes per parameter: it does not stream or shard"
+
     def __init__(self, momentum: float = 0.9, **kwargs) -> None:
         super().__init__(**kwargs)
         check("solver.momentum", isinstance(momentum, (int, float)) and 0 <= momentum < 1, momentum,

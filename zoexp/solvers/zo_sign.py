@@ -34,6 +34,9 @@ class ZOSign(SPSA):
         super().__init__(**kwargs)
         check("solver.sign_of", sign_of in SIGN_OF, sign_of, str(list(SIGN_OF)))
         self.sign_of = sign_of
+        if sign_of == "estimate":  # the sign of the dense estimate, written to the weights directly
+            self.placements = ("device",)
+            self.placement_note = "sign_of=estimate steps by the sign of the dense estimate"
 
     def make_record(self, step: int, seeds: list[int], grads: list[float]) -> dict:
         return {"seeds": seeds, "proj_grads": grads, "lr": self.lr_at(step)}
