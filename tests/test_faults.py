@@ -60,9 +60,15 @@ def tear(path: Path, rng: random.Random) -> None:
             fh.write(cut)
 
 
+FINAL: dict[Path, list[torch.Tensor]] = {}  # the weights each in-process run ended with
+
+
 def run_in_process(run_dir: Path, name: str, **kwargs) -> dict:
-    loop, _ = make_loop(run_dir, SOLVERS[name](), fresh(), every=3, **kwargs)
-    return loop.run()
+    params = fresh()
+    loop, _ = make_loop(run_dir, SOLVERS[name](), params, every=3, keep_best=False, **kwargs)
+    summary = loop.run()
+    FINAL[run_dir] = [p.detach().clone() for p in params]
+    return summary
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +77,16 @@ def references(tmp_path_factory) -> dict:
     for name in SOLVERS:
         run_dir = tmp_path_factory.mktemp(f"reference-{name}")
         run_in_process(run_dir, name)
-        out[name] = (outcome(run_dir), weights(run_dir))
+        out[name] = (outcome(run_dir), weights(run_dir), FINAL[run_dir])
     return out
 
 
 def assert_same(run_dir: Path, reference) -> None:
-    expected, expected_weights = reference
+    """Metrics, trajectory, summary, the last checkpoint's weights and the final weights."""
+    expected, expected_checkpoint, expected_final = reference
     assert outcome(run_dir) == expected
-    assert all(torch.equal(a, b) for a, b in zip(weights(run_dir), expected_weights))
+    assert all(torch.equal(a, b) for a, b in zip(weights(run_dir), expected_checkpoint))
+    assert all(torch.equal(a, b) for a, b in zip(FINAL[run_dir], expected_final))
     steps = [json.loads(line)["step"] for line in (run_dir / "trajectory.jsonl").read_text().splitlines()[1:]]
     assert steps == list(range(STEPS))  # each step exactly once
 
@@ -210,6 +218,9 @@ def tiny(sst2_dir: Path) -> list[str]:
 
 
 def e2e_outcome(run_dir: Path) -> dict:
+    """Metrics, trajectory, summary, and the weights of the last checkpoint (step 21: written by
+    the resumed process after it resumed; the steps after it are in the trajectory and metrics)."""
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["loop"].step == 21
     return {**outcome(run_dir), "weights": [w.tolist() for w in weights(run_dir)]}
 
 

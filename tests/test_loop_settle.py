@@ -57,8 +57,8 @@ def test_evaluation_and_checkpoints_see_settled_weights(tmp_path):
     assert carried_after_steps[:5] == [solver.direction_seed(t + 1) for t in range(5)]
     assert carried_after_steps[5] is None                       # the last step carries nothing
     kinds = [kind for kind, _ in objective.seen]
-    # dev at steps 0 and 2, the checkpoint at 3, dev at 4, the final checkpoint, dev at the end, then test
-    assert kinds == ["eval", "eval", "save", "eval", "save", "eval", "eval"]
+    # dev at steps 0 and 2, the checkpoint at 3, dev at 4 and at the end, then test
+    assert kinds == ["eval", "eval", "save", "eval", "eval", "eval"]
     assert all(carried is None for _, carried in objective.seen)
     assert summary["steps"] == 6 and summary["fwd_passes"] == 12
     assert float(((param.detach() - 1) ** 2).sum()) < 64        # it trained (loss was 64)

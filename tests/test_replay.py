@@ -51,7 +51,7 @@ def test_full_model_trajectory_replays_bit_exactly() -> None:
 
 @pytest.fixture(scope="module")
 def lora_run(sst2_dir, tmp_path_factory) -> Path:
-    """A real LoRA run (random adapter init from the run's seed) with checkpoints at step 4 and at the end."""
+    """A real LoRA run (random adapter init from the run's seed) with a checkpoint at step 4 of 6."""
     run_dir = tmp_path_factory.mktemp("replay") / "run"
     proc = run_main("hardware=cpu", "peft=lora", f"task.data_dir={sst2_dir}", "solver.steps=6",
                     "solver.batch_size=2", "solver.eval_every=0", "solver.lr=1e-2", "task.num_train=4",
@@ -63,7 +63,7 @@ def lora_run(sst2_dir, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_cli_replay_matches_the_runs_checkpoint(lora_run: Path, capsys) -> None:
     assert R.main([str(lora_run), "--verify"]) == 0
-    assert "replay to step 6 vs checkpoint.pt: bit-identical" in capsys.readouterr().out
+    assert "replay to step 4 vs checkpoint.pt: bit-identical" in capsys.readouterr().out
     ckpt = torch.load(lora_run / "checkpoint.pt", map_location="cpu", weights_only=False)
     untrained = R.replay(lora_run, 0)
     assert not all(torch.equal(a, b) for a, b in zip(untrained.params, ckpt["params"]))  # steps did change them

@@ -117,7 +117,7 @@ def test_torchrun_sharded_run_matches_one_process(tmp_path, sst2_dir):
     assert two.returncode == 0, two.stderr[-3000:]
     runs = {name: tmp_path / name for name in ("one", "two_0")}
     trajectory = {k: (d / "trajectory.jsonl").read_text() for k, d in runs.items()}
-    assert trajectory["one"] == trajectory["two_0"] and len(trajectory["one"].splitlines()) == 4
+    assert trajectory["one"] == trajectory["two_0"] and len(trajectory["one"].splitlines()) == 1 + 4  # header
     summary = {k: json.loads((d / "summary.json").read_text()) for k, d in runs.items()}
     for key in ("best_dev_accuracy", "final_dev_accuracy", "test_accuracy", "best_step"):
         assert summary["two_0"][key] == summary["one"][key]

@@ -216,8 +216,6 @@ class Loop:
                     raise Terminated(f"stopped by SIGTERM at step {state.step} of {solver.steps}; checkpoint "
                                      "written -- rerun the same command to resume")
             solver.settle()
-            if self.checkpointer.every > 0 and self.checkpointer.saved_step != state.step:
-                self._save()  # the trained weights, before the best-on-dev ones are loaded for test
         finally:
             progress.close()
 
