@@ -73,7 +73,7 @@ def derive_seed(base: int, *keys: int, bits: int = 64) -> int:
     """A seed that is a pure function of (base seed, step, direction...): resumable, replayable.
 
     64 bits fill the Philox key (`kernels.philox`), so a 20k-step x 40-direction run draws
-    800k seeds with a ~1e-8 chance of any repeat (31 bits repeated ~150 of them). `bits=31`
+    800k seeds with a ~2e-8 chance of any repeat (31 bits repeat 136 of them). `bits=31`
     is the derivation of trajectory format version 1, kept so old runs replay."""
     text = ":".join(map(str, (base, *keys))).encode()
     if bits == 31:
