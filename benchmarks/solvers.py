@@ -117,8 +117,10 @@ def measure_per_step(name: str, overrides: list[str], out: Path) -> tuple[int | 
 
 
 def run_one(name: str, seed: int, per_step: int, overrides: list[str], args: argparse.Namespace,
-            out: Path) -> dict:
+            out: Path, deadline: float) -> dict:
     steps = 0 if per_step == 0 else args.budget // per_step
+    if time.monotonic() > deadline:  # --time-limit: not started, and not counted as a run
+        return {"solver": name, "seed": seed, "steps": steps, "fwd_per_step": per_step, "skipped": True}
     run_dir = out / "runs" / name / f"seed{seed}"
     log = out / "logs" / f"{name}-seed{seed}.log"
     code, wall = run_main([*overrides, f"solver.steps={steps}", f"hardware.seed={seed}",
@@ -139,7 +141,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["solver"] for r in rows):
-        mine = [r for r in rows if r["solver"] == name]
+        mine = [r for r in rows if r["solver"] == name and not r.get("skipped")]
+        if not mine:
+            continue
         ok = [r for r in mine if not r.get("failed")]
         agg = {"solver": name, "runs": len(mine), "failed": len(mine) - len(ok),
                "steps": mine[0]["steps"], "fwd_per_step": mine[0]["fwd_per_step"]}
@@ -168,7 +172,8 @@ def table(aggs: list[dict], seeds: list[int]) -> str:
             f"{a[f'best_dev_{metric}_mean']:.3f} ± {a[f'best_dev_{metric}_std']:.3f} | "
             f"{a[f'test_{metric}_mean']:.3f} ± {a[f'test_{metric}_std']:.3f} | {a['wall_time_s_mean']:.0f} | "
             f"{a['peak_mem_gb_mean']:.2f} | {runs} |")
-    lines.append(f"\nmean ± std over seeds {', '.join(map(str, seeds))} (sample std; 0 for one seed)")
+    lines.append(f"\nmean ± std over the runs of seeds {', '.join(map(str, seeds))} (sample std; 0 for one "
+                 f"run); runs: finished / started")
     return "\n".join(lines)
 
 
@@ -186,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     parser.add_argument("--solver-set", nargs="*", default=[], metavar="NAME:KEY=VALUE",
                         help="overrides for one solver's runs")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="start no run after this many minutes; the table counts the runs that did")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/solvers-<time>)")
     args = parser.parse_args(argv)
     available = solver_names()
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / time.strftime("solvers-%Y-%m-%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     overrides = {name: overrides_for(name, args, solver_sets) for name in names}
+    deadline = time.monotonic() + (args.time_limit * 60 if args.time_limit else math.inf)
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         training = [n for n in names if n not in EVAL_ONLY]
@@ -213,12 +221,14 @@ def main(argv: list[str] | None = None) -> int:
                 per_step[name] = value
         # seed-major: an interrupted comparison still has every solver at its first seeds
         jobs = [(n, s) for s in args.seeds for n in names if n in per_step]
-        futures = [pool.submit(run_one, n, s, per_step[n], overrides[n], args, out) for n, s in jobs]
+        futures = [pool.submit(run_one, n, s, per_step[n], overrides[n], args, out, deadline) for n, s in jobs]
         with (out / "runs.jsonl").open("w") as fh:
             fh.writelines(json.dumps(row) + "\n" for row in rows)  # solvers that could not be measured
             for future in futures:
                 row = future.result()
                 rows.append(row)
+                if row.get("skipped"):
+                    continue
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
                 status = "FAILED " + row["error"] if row.get("failed") else \
@@ -232,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (out / "solvers.md").write_text(f"python benchmarks/solvers.py {' '.join(argv or sys.argv[1:])}\n\n{text}\n")
     (out / "solvers.json").write_text(json.dumps(aggs, indent=1) + "\n")
+    skipped = sum(1 for r in rows if r.get("skipped"))
+    if skipped:
+        print(f"--time-limit: {skipped} of {len(jobs)} runs not started", file=sys.stderr)
     return 1 if any(r.get("failed") for r in rows) else 0
 
 

@@ -337,6 +337,7 @@ def test_a_batched_run_writes_the_sequential_seeds_and_replays(tmp_path, sst2_di
     """The CLI end to end with the default model: batched and sequential runs record the same
     seeds (coefficients to float tolerance), and the batched run replays bit-exactly."""
     from zoexp import replay as R
+    from zoexp.checkpoint import read_trajectory
 
     common = ["hardware=cpu", "peft=lora", "solver=spsa15", f"task.data_dir={sst2_dir}",
               "solver.steps=3", "solver.n_perts=2", "solver.batch_size=2", "solver.eval_every=0",
@@ -346,7 +347,9 @@ def test_a_batched_run_writes_the_sequential_seeds_and_replays(tmp_path, sst2_di
         run_dir = tmp_path / batched
         proc = run_main(*common, f"solver.batched_probes={batched}", f"hydra.run.dir={run_dir}")
         assert proc.returncode == 0, proc.stderr[-3000:]
-        records[batched] = [json.loads(line) for line in (run_dir / "trajectory.jsonl").read_text().splitlines()]
+        _, lines = read_trajectory(run_dir / "trajectory.jsonl")
+        records[batched] = [record for _, record in lines]
+    assert len(records["true"]) == 3
     assert [r["seeds"] for r in records["true"]] == [r["seeds"] for r in records["false"]]
     for a, b in zip(records["true"], records["false"]):
         assert a["coefs"] == pytest.approx(b["coefs"], rel=1e-3, abs=1e-9)
@@ -451,3 +454,41 @@ def test_every_field_solver_batches_exactly_or_refuses(tokenizer, task, module, 
     assert got == pytest.approx(expected, **TOL)
     spread = min(abs(a - b) for i, a in enumerate(expected) for b in expected[i + 1:])
     assert max(abs(a - b) for a, b in zip(got, expected)) < spread / 100, (got, expected)
+
+
+class _RaisingObjective:
+    """A loss that reads the weights, and raises on its `fail_at`-th forward (an OOM, an
+    interrupt mid-probe)."""
+
+    def __init__(self, params, fail_at: int) -> None:
+        self.params, self.fail_at, self.calls = params, fail_at, 0
+
+    def loss(self, batch) -> float:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise MemoryError("injected: out of memory in the forward")
+        return float(sum(p.sum() for p in self.params))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_a_forward_that_raises_leaves_theta_in_the_weights(exact, fail_at):
+    """In place (exact=False) theta + eps z is written into the weights; a probe that raises
+    must not leave it there, or a checkpoint or evaluation taken after the error reads it. The
+    virtual (exact) engine must not stay active either."""
+    from zoexp.perturb import capture_state
+
+    torch.manual_seed(0)
+    params = [torch.randn(32, 8), torch.randn(8)]
+    before = [p.clone() for p in params]
+    engine = PerturbationEngine(params, exact=exact, backend="torch")
+    probes = SequentialProbes(engine, _RaisingObjective(params, fail_at))
+    with pytest.raises(MemoryError):
+        probes.losses(None, central_pairs([11, 12], 1e-3))
+    assert engine.active is None and capture_state() == ()
+    for p, b in zip(params, before):
+        # In place, restore is exact up to rounding of theta + eps z - eps z (the module doc).
+        torch.testing.assert_close(p, b, rtol=0, atol=0 if exact else 1e-6)
+    # The engine is usable again: a full round of probes runs and restores.
+    probes.objective.fail_at = -1
+    assert len(probes.losses(None, central_pairs([11, 12], 1e-3))) == 4

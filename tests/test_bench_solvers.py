@@ -61,3 +61,29 @@ def test_smoke_run_on_cpu(tmp_path, sst2_dir):
     table = (out / "solvers.md").read_text()
     assert "| mezo | 2 | 2 | 4 |" in table and "| zeroshot | 0 | 0 | 0 |" in table
     assert json.loads((out / "solvers.json").read_text())[0]["runs"] == 2
+
+
+def test_time_limit_starts_no_run_after_it_and_tables_the_finished_ones(tmp_path, monkeypatch):
+    """--time-limit: runs not started by the deadline are left out of runs.jsonl and of the
+    table (not counted as failures); the ones that ran are tabled with their run count."""
+    clock = iter(range(0, 10_000, 100))  # each monotonic() read advances 100 s
+    monkeypatch.setattr(bench.time, "monotonic", lambda: float(next(clock)))
+
+    def fake_main(overrides, log):
+        run_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir="))
+        steps = int(next(o.split("=", 1)[1] for o in overrides if o.startswith("solver.steps=")))
+        (tmp_path / run_dir).mkdir(parents=True, exist_ok=True)
+        summary = {"steps": steps, "fwd_passes": 2 * steps, "metric": "accuracy", "best_dev_accuracy": 0.7,
+                   "test_accuracy": 0.6, "wall_time_s": 1.0, "peak_mem_gb": 1.0}
+        (tmp_path / run_dir / "summary.json").write_text(json.dumps(summary))
+        return 0, 1.0
+
+    monkeypatch.setattr(bench, "run_main", fake_main)
+    out = tmp_path / "out"
+    # deadline = first read + 250 s: the reads at +100 and +200 start runs, +300 on do not
+    code = bench.main(["--solvers", "mezo", "--budget", "4", "--seeds", "0", "1", "2", "3",
+                       "--time-limit", str(250 / 60), "--out", str(out)])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert "| mezo | 2 | 2 | 4 | 0.700 ± 0.000 | 0.600 ± 0.000 | 1 | 1.00 | 2/2 |" in (out / "solvers.md").read_text()

@@ -133,7 +133,8 @@ def test_replaced_storage_is_recaptured():
 
 def test_host_side_directions_run_eagerly():
     """SubZero's exact low-rank directions are computed on the host per read: its forwards
-    are not captured, and the run is the eager run."""
+    are not captured, and the run is the eager run. (Sequential probes: on a GPU SubZero
+    batches its probes by default, which runs no per-probe forward to capture.)"""
     from zoexp.solvers.subzero import SubZero
     runs = []
     base = tiny_model("llama", torch.float32, "cuda")
@@ -141,7 +142,7 @@ def test_host_side_directions_run_eagerly():
     for graphs in (False, True):
         model = copy.deepcopy(base)
         objective = _objective(model, graphs)
-        solver = SubZero(steps=3, batch_size=8, lr=1e-2, eps=1e-2, rank=2)
+        solver = SubZero(steps=3, batch_size=8, lr=1e-2, eps=1e-2, rank=2, batched_probes=False)
         solver.setup(list(model.parameters()), objective)
         runs.append([solver.step(b, t).loss for t, b in enumerate(batches)])
         if graphs:

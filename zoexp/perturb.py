@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -202,8 +203,10 @@ def _check_active(active, seed, scale: float) -> None:
                            f"{active}")
 
 
-# Objects whose virtual perturbation is active now: what a parameter read resolves to.
-_ACTIVE: list = []
+# Objects whose virtual perturbation is active now: what a parameter read resolves to. Weak
+# references: an object dropped while active (its run raised between perturb and restore) no
+# longer changes any read, so it must not keep changing `capture_state()` either.
+_ACTIVE: list[weakref.ref] = []
 _SERIALS = itertools.count()
 
 
@@ -212,11 +215,15 @@ def activated(obj) -> None:
     that alters the forward while a probe runs -- a virtual perturbation here, another probe
     strategy's per-row-group weights -- registers so, or a captured CUDA graph would replay
     without it (`zoexp.graphs` keys its graphs on `capture_state()`)."""
-    _ACTIVE.append(obj)
+    _ACTIVE.append(weakref.ref(obj))
 
 
 def deactivated(obj) -> None:
-    _ACTIVE.remove(obj)
+    _ACTIVE[:] = [ref for ref in _ACTIVE if ref() is not None and ref() is not obj]
+
+
+def _active_objects() -> list:
+    return [obj for obj in (ref() for ref in _ACTIVE) if obj is not None]
 
 
 def capture_state() -> tuple | None:
@@ -226,7 +233,7 @@ def capture_state() -> tuple | None:
     sees their current values; None when one cannot be captured (its values live on the host,
     so a replay would repeat the captured perturbation)."""
     keys = []
-    for obj in _ACTIVE:
+    for obj in _active_objects():
         key = obj.capture_key()
         if key is None:
             return None

@@ -94,9 +94,15 @@ class SequentialProbes:
     def losses(self, batch, probes: Sequence[Probe]) -> list[float]:
         active: Probe | None = None  # the perturbation the parameters hold now
         out = []
-        for probe in probes:
-            active = step_to(self.directions, active, probe)
-            out.append(queued_loss(self.objective, batch))
+        try:
+            for probe in probes:
+                active = step_to(self.directions, active, probe)
+                out.append(queued_loss(self.objective, batch))
+        except BaseException:
+            # A forward that raises (out of memory, an interrupt) must not leave theta + eps z
+            # in the weights: a checkpoint or an evaluation after it would read them.
+            step_to(self.directions, active, Probe())
+            raise
         step_to(self.directions, active, Probe())
         return [float(loss) for loss in out]
 
