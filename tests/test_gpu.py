@@ -70,7 +70,10 @@ def test_gpu_pack_matches_regeneration(kernels):
 def test_gpu_mezo_in_place_carry_matches_the_unfused_steps(dist):
     """On CUDA (Triton sweeps), MeZO in place with the next perturbation carried in each step's
     last sweep gives the same losses and bf16 weights, bit for bit, as perturb / move /
-    restore_and_update step by step; and it trains (the loss falls)."""
+    restore_and_update step by step; and it trains. (The learning check reads the noise-free
+    loss after 120 steps: expected ~0.64x of the start here, 0.58-0.71x over four targets on
+    the CPU reference; the probes' mean after 40 steps sat at 0.83-0.89x, too close to a 0.9x
+    bound to be a reliable check.)"""
     from types import SimpleNamespace
 
     from zoexp.solvers.mezo import MeZO
@@ -88,17 +91,18 @@ def test_gpu_mezo_in_place_carry_matches_the_unfused_steps(dist):
 
     def fresh():
         param = torch.nn.Parameter(start.clone())
-        solver = MeZO(steps=40, batch_size=1, lr=0.5, eps=1e-2, dist=dist, exact=False)
+        solver = MeZO(steps=120, batch_size=1, lr=0.5, eps=1e-2, dist=dist, exact=False)
         objective = Objective(param)
         solver.setup([param], objective)
         return solver, objective, param
 
     solver, _, param = fresh()
     assert solver.engine.kernels.__name__ == "kernels.sweep"
-    losses = [solver.step(None, t).loss for t in range(40)]
+    start_loss = float(((start.float() - target) ** 2).mean())
+    losses = [solver.step(None, t).loss for t in range(120)]
     ref, objective, ref_param = fresh()
     expected = []
-    for t in range(40):
+    for t in range(120):
         seed, e = ref.direction_seed(t), ref.engine
         e.perturb(seed, 1e-2)
         plus = objective.loss(None)
@@ -108,4 +112,4 @@ def test_gpu_mezo_in_place_carry_matches_the_unfused_steps(dist):
         expected.append((plus + minus) / 2)
     assert losses == expected
     assert torch.equal(param, ref_param)
-    assert losses[-1] < 0.9 * losses[0]
+    assert objective.loss(None) < 0.8 * start_loss
