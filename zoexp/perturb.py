@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -203,10 +202,8 @@ def _check_active(active, seed, scale: float) -> None:
                            f"{active}")
 
 
-# Objects whose virtual perturbation is active now: what a parameter read resolves to. Weak
-# references: an object dropped while active (its run raised between perturb and restore) no
-# longer changes any read, so it must not keep changing `capture_state()` either.
-_ACTIVE: list[weakref.ref] = []
+# Objects whose virtual perturbation is active now: what a parameter read resolves to.
+_ACTIVE: list = []
 _SERIALS = itertools.count()
 
 
@@ -215,15 +212,11 @@ def activated(obj) -> None:
     that alters the forward while a probe runs -- a virtual perturbation here, another probe
     strategy's per-row-group weights -- registers so, or a captured CUDA graph would replay
     without it (`zoexp.graphs` keys its graphs on `capture_state()`)."""
-    _ACTIVE.append(weakref.ref(obj))
+    _ACTIVE.append(obj)
 
 
 def deactivated(obj) -> None:
-    _ACTIVE[:] = [ref for ref in _ACTIVE if ref() is not None and ref() is not obj]
-
-
-def _active_objects() -> list:
-    return [obj for obj in (ref() for ref in _ACTIVE) if obj is not None]
+    _ACTIVE.remove(obj)
 
 
 def capture_state() -> tuple | None:
@@ -233,7 +226,7 @@ def capture_state() -> tuple | None:
     sees their current values; None when one cannot be captured (its values live on the host,
     so a replay would repeat the captured perturbation)."""
     keys = []
-    for obj in _active_objects():
+    for obj in _ACTIVE:
         key = obj.capture_key()
         if key is None:
             return None

@@ -98,12 +98,10 @@ class SequentialProbes:
             for probe in probes:
                 active = step_to(self.directions, active, probe)
                 out.append(queued_loss(self.objective, batch))
-        except BaseException:
-            # A forward that raises (out of memory, an interrupt) must not leave theta + eps z
-            # in the weights: a checkpoint or an evaluation after it would read them.
+        finally:
+            # Also when a forward raises (out of memory, an interrupt): theta + eps z must not
+            # stay in the weights, where a checkpoint or an evaluation after it would read them.
             step_to(self.directions, active, Probe())
-            raise
-        step_to(self.directions, active, Probe())
         return [float(loss) for loss in out]
 
 
