@@ -141,9 +141,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["solver"] for r in rows):
-        mine = [r for r in rows if r["solver"] == name and not r.get("skipped")]
-        if not mine:
-            continue
+        mine = [r for r in rows if r["solver"] == name]
         ok = [r for r in mine if not r.get("failed")]
         agg = {"solver": name, "runs": len(mine), "failed": len(mine) - len(ok),
                "steps": mine[0]["steps"], "fwd_per_step": mine[0]["fwd_per_step"]}
@@ -222,13 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         # seed-major: an interrupted comparison still has every solver at its first seeds
         jobs = [(n, s) for s in args.seeds for n in names if n in per_step]
         futures = [pool.submit(run_one, n, s, per_step[n], overrides[n], args, out, deadline) for n, s in jobs]
+        skipped = 0
         with (out / "runs.jsonl").open("w") as fh:
             fh.writelines(json.dumps(row) + "\n" for row in rows)  # solvers that could not be measured
             for future in futures:
                 row = future.result()
-                rows.append(row)
                 if row.get("skipped"):
+                    skipped += 1
                     continue
+                rows.append(row)
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
                 status = "FAILED " + row["error"] if row.get("failed") else \
@@ -242,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (out / "solvers.md").write_text(f"python benchmarks/solvers.py {' '.join(argv or sys.argv[1:])}\n\n{text}\n")
     (out / "solvers.json").write_text(json.dumps(aggs, indent=1) + "\n")
-    skipped = sum(1 for r in rows if r.get("skipped"))
     if skipped:
         print(f"--time-limit: {skipped} of {len(jobs)} runs not started", file=sys.stderr)
     return 1 if any(r.get("failed") for r in rows) else 0
